@@ -1,0 +1,40 @@
+# loralab: two commands on a fresh machine
+#   make run    the main job: LoRA-Mini on real GLUE RTE with the real all-MiniLM-L6-v2 (offline, CPU, ~10 min)
+#   make test   the test suite (CPU, a few minutes)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch 2.13.0: on the project's machines pip takes a CPU build from local disk; elsewhere PyPI's default build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup run test lint format dry-run clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+run: setup
+	HF_HUB_OFFLINE=1 $(PY) train.py experiment=rte_minilm
+
+test: setup
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest tests
+
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# parameter counts of LoRA-Mini Table 5's first row, without weights
+dry-run: setup
+	HF_HUB_OFFLINE=1 $(PY) train.py model=roberta-base task=glue/cola method=lora_mini rab=r8_a16_b16 dry_run=true
+
+clean:
+	rm -rf outputs multirun .pytest_cache

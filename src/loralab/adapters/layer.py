@@ -1,0 +1,265 @@
+"""The one adapter layer every method is built from.
+
+A method is a *chain of factors* added to a frozen linear map::
+
+    h = W x + scaling * F_n( ... F_2(F_1(dropout(x))) )
+
+where each factor is either a matrix (applied as ``F.linear``) or a diagonal (an elementwise scale).
+LoRA is ``[A, B]``; LoRA-Mini is ``[A_aux, A_train, B_train, B_aux]`` with the outer two frozen; Tied-LoRA and
+VeRA are ``[A, diag(u), B, diag(v)]`` with A and B tied across layers; AdaLoRA is ``[Q, diag(lambda), P]``.
+Tied factors live once in an :class:`AdapterBank` registered on the model root, so they appear once in the
+state dict, once in the optimizer and once in the parameter count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One factor of an adapter chain, in the order it is applied to the input.
+
+    ``kind="matrix"``: a weight of shape ``(out_dim, in_dim)`` applied as ``F.linear``.
+    ``kind="diag"``: a vector of size ``in_dim == out_dim`` multiplied elementwise.
+    ``tie``: factors with the same key (across modules) are one tensor, created by the first module.
+    ``rows``: the block ``[start, stop)`` of a tied tensor's output rows this module uses (e.g. the q, k or v
+    block of a fused-QKV factor); ``out_dim`` is then the full tensor's size and the module sees
+    ``stop - start`` outputs.
+    """
+
+    name: str
+    kind: str
+    in_dim: int
+    out_dim: int
+    init: str = "kaiming_uniform"
+    trainable: bool = True
+    tie: str | None = None
+    rows: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("matrix", "diag"):
+            raise ValueError(f"factor {self.name!r}: kind must be 'matrix' or 'diag', got {self.kind!r}")
+        if self.kind == "diag" and self.in_dim != self.out_dim:
+            raise ValueError(f"factor {self.name!r}: a diagonal needs in_dim == out_dim")
+        if min(self.in_dim, self.out_dim) < 1:
+            raise ValueError(f"factor {self.name!r}: dimensions must be >= 1, got {self.in_dim}x{self.out_dim}")
+        if self.init not in INITS:
+            raise ValueError(f"factor {self.name!r}: unknown init {self.init!r}; choose from {sorted(INITS)}")
+        if self.rows is not None and not 0 <= self.rows[0] < self.rows[1] <= self.out_dim:
+            raise ValueError(f"factor {self.name!r}: rows {self.rows} outside 0..{self.out_dim}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the stored tensor."""
+        return (self.out_dim,) if self.kind == "diag" else (self.out_dim, self.in_dim)
+
+    @property
+    def used_out(self) -> int:
+        """Output size this module sees (a block of the rows for a sliced tied factor)."""
+        return self.out_dim if self.rows is None else self.rows[1] - self.rows[0]
+
+    @property
+    def used_in(self) -> int:
+        return self.used_out if self.kind == "diag" else self.in_dim
+
+
+def _kaiming_uniform(t: torch.Tensor) -> None:
+    # nn.Linear's default (and LoRA's A): kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    if t.dim() == 1:
+        bound = 1.0 / math.sqrt(t.shape[0])
+        nn.init.uniform_(t, -bound, bound)
+    else:
+        nn.init.kaiming_uniform_(t, a=math.sqrt(5))
+
+
+INITS = {
+    "kaiming_uniform": _kaiming_uniform,
+    "zeros": nn.init.zeros_,
+    "ones": nn.init.ones_,
+}
+
+
+def new_factor_tensor(factor: Factor, device: torch.device | str | None = None) -> nn.Parameter:
+    """A freshly initialised parameter for ``factor`` (float32, ``requires_grad`` = ``factor.trainable``)."""
+    t = torch.empty(factor.shape, device=device, dtype=torch.float32)
+    with torch.no_grad():
+        INITS[factor.init](t)
+    return nn.Parameter(t, requires_grad=factor.trainable)
+
+
+class AdapterBank(nn.Module):
+    """Holds the tied factors of a model: one parameter per tie key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tensors = nn.ParameterDict()
+        self.specs: dict[str, Factor] = {}
+
+    @staticmethod
+    def _key(tie: str) -> str:
+        return tie.replace(".", "__")
+
+    def get_or_create(self, factor: Factor, device: torch.device | str | None) -> nn.Parameter:
+        key = self._key(factor.tie)
+        if key in self.tensors:
+            known = self.specs[key]
+            if (known.kind, known.shape, known.trainable, known.init) != (
+                factor.kind,
+                factor.shape,
+                factor.trainable,
+                factor.init,
+            ):
+                raise ValueError(f"tied factor {factor.tie!r} requested with two shapes: {known} vs {factor}")
+            return self.tensors[key]
+        self.specs[key] = factor
+        self.tensors[key] = new_factor_tensor(factor, device)
+        return self.tensors[key]
+
+    def get(self, factor: Factor) -> nn.Parameter:
+        return self.tensors[self._key(factor.tie)]
+
+
+def base_dims(base: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a linear layer (``nn.Linear`` or GPT-2's transposed ``Conv1D``)."""
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features
+    if isinstance(base, Conv1D):
+        return base.weight.shape[0], base.nf
+    raise TypeError(f"adapters attach to nn.Linear or Conv1D modules, not {type(base).__name__}")
+
+
+def _product(chain: Sequence[tuple[Factor, torch.Tensor]]) -> torch.Tensor:
+    """``F_n ... F_1`` of a (sub)chain as one ``(out, in)`` matrix."""
+    m: torch.Tensor | None = None
+    for f, t in chain:
+        if f.kind == "diag":
+            m = torch.diag(t) if m is None else t[:, None] * m
+        else:
+            m = t if m is None else t @ m
+    return m
+
+
+class AdapterLinear(nn.Module):
+    """A frozen linear layer plus a chain of adapter factors (see module docstring)."""
+
+    def __init__(
+        self,
+        base: nn.Module,
+        factors: Sequence[Factor],
+        scaling: float,
+        dropout: float = 0.0,
+        bank: AdapterBank | None = None,
+    ) -> None:
+        super().__init__()
+        self.base = base
+        self.in_features, self.out_features = base_dims(base)
+        self.fan_in_fan_out = isinstance(base, Conv1D)
+        self.specs = tuple(factors)
+        self.scaling = float(scaling)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self._check_chain()
+        self._split = self._plan_split()
+        device = base.weight.device
+        self.factors = nn.ParameterDict()
+        self._bank = (bank,)  # a tuple, so the bank is not registered (and counted) once per layer
+        for f in self.specs:
+            if f.tie is None:
+                self.factors[f.name] = new_factor_tensor(f, device)
+            elif bank is None:
+                raise ValueError(f"factor {f.name!r} is tied ({f.tie!r}) but no AdapterBank was given")
+            else:
+                bank.get_or_create(f, device)
+
+    def _check_chain(self) -> None:
+        if not self.specs:
+            raise ValueError("an adapter needs at least one factor")
+        dim = self.in_features
+        for f in self.specs:
+            if f.used_in != dim:
+                raise ValueError(
+                    f"impossible adapter shape: factor {f.name!r} expects input size {f.used_in} but receives "
+                    f"{dim} (layer {self.in_features} -> {self.out_features}; chain {[x.name for x in self.specs]})"
+                )
+            dim = f.used_out
+        if dim != self.out_features:
+            raise ValueError(
+                f"impossible adapter shape: the chain ends with size {dim}, the layer outputs {self.out_features}"
+            )
+
+    def tensor(self, factor: Factor) -> torch.Tensor:
+        """The tensor this module uses for ``factor`` (a row block of it, for a sliced tied factor)."""
+        t = self.factors[factor.name] if factor.tie is None else self._bank[0].get(factor)
+        return t if factor.rows is None else t[factor.rows[0] : factor.rows[1]]
+
+    def chain(self) -> Iterator[tuple[Factor, torch.Tensor]]:
+        for f in self.specs:
+            yield f, self.tensor(f)
+
+    def _plan_split(self) -> int | None:
+        """Where to cut the chain so each side is multiplied out once per step, or None to apply it factor by
+        factor.
+
+        Applied factor by factor, the chain costs ``sum(in * out)`` multiply-adds per token; cut at its narrowest
+        point ``m`` and with each side multiplied out first (a cost independent of the number of tokens), it costs
+        ``d_in * m + m * d_out`` per token, LoRA's cost at rank m. LoRA-Mini (d -> a -> r -> b -> k) is cut at r.
+        """
+        if len(self.specs) < 3:
+            return None
+        dims = [self.in_features] + [f.used_out for f in self.specs]
+        per_token = sum(f.used_out if f.kind == "diag" else f.used_in * f.used_out for f in self.specs)
+        cut = min(range(1, len(dims) - 1), key=dims.__getitem__)
+        collapsed = dims[0] * dims[cut] + dims[cut] * dims[-1]
+        return cut if collapsed < 0.75 * per_token else None
+
+    def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
+        """``scaling * F_n(...F_1(dropout(x)))``: the adapter's contribution, without the base layer."""
+        h = self.dropout(x)
+        chain = list(self.chain())
+        if self._split is None:
+            for f, t in chain:
+                h = h * t if f.kind == "diag" else F.linear(h.to(t.dtype), t)
+        else:
+            left, right = _product(chain[: self._split]), _product(chain[self._split :])
+            h = F.linear(F.linear(h.to(left.dtype), left), right)
+        return h * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.merged:
+            return out
+        return out + self.adapter_output(x).to(out.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The exact update ``scaling * F_n ... F_1`` as an ``(out_features, in_features)`` matrix."""
+        return _product(list(self.chain())) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the update into the base weight; the forward pass then skips the adapter."""
+        if not self.merged:
+            self._add_to_base(self.delta_weight())
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the merged update again (restores the base weight up to float rounding)."""
+        if self.merged:
+            self._add_to_base(-self.delta_weight())
+            self.merged = False
+
+    def _add_to_base(self, delta: torch.Tensor) -> None:
+        w = self.base.weight
+        w.add_((delta.T if self.fan_in_fan_out else delta).to(w.dtype))
+
+    def extra_repr(self) -> str:
+        chain = ", ".join(f"{f.name}{'' if f.trainable else '(frozen)'}{'[tied]' if f.tie else ''}" for f in self.specs)
+        return f"scaling={self.scaling:g}, chain=[{chain}]"

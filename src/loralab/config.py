@@ -1,0 +1,86 @@
+"""Structured-config schemas for the Hydra config groups, and their registration.
+
+Every group file extends its schema (``defaults: [/schema/<group>/...@_here_, _self_]``), so a misspelt key or a
+value of the wrong type fails at composition with Hydra's own message, before anything is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from loralab.methods import METHODS
+from loralab.models import ModelConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class TaskConfig:
+    """A task: ``kind`` selects the model head (``sequence_classification`` for GLUE; ``bare`` builds the
+    backbone with its own pre-training head and is only for ``dry_run`` counting).
+
+    ``source``: ``auto`` reads ``data_dir`` when it exists, else the hub dataset; ``local`` and ``hub`` force one.
+    ``main_metric`` picks the best epoch. ``limit_train``/``limit_eval`` take the first N examples (smoke runs
+    and CPU-scale experiments; recorded in the result).
+    """
+
+    name: str = MISSING
+    kind: str = "sequence_classification"
+    glue_task: str | None = None
+    data_dir: str | None = None
+    source: str = "auto"
+    max_seq_length: int = 128
+    main_metric: str = "accuracy"
+    limit_train: int | None = None
+    limit_eval: int | None = None
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop (AdamW, linear warm-up then linear decay).
+
+    ``precision``: ``auto`` = bf16 autocast on a GPU that supports it, else fp32. ``max_steps`` stops early
+    (smoke runs). ``early_stopping_patience``: epochs without improvement of the main metric before stopping.
+    """
+
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    precision: str = "auto"
+    seed: int = 42
+    early_stopping_patience: int | None = None
+    progress: bool = True
+    save_adapter: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    """Weights & Biases. ``mode``: ``offline`` (default; ``wandb sync`` later), ``online`` or ``disabled``."""
+
+    project: str = "loralab"
+    group: str | None = None
+    job_type: str | None = None
+    mode: str = "offline"
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore (idempotent) and the ``loralab_root`` resolver in OmegaConf."""
+    cs = ConfigStore.instance()
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    cs.store(group="schema/task", name="task", node=TaskConfig)
+    cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+    cs.store(group="schema/logger", name="logger", node=LoggerConfig)
+    for name, cls in METHODS.items():
+        cs.store(group="schema/method", name=name, node=cls.config_class)
+    if not OmegaConf.has_resolver("loralab_root"):
+        OmegaConf.register_new_resolver("loralab_root", lambda: str(PROJECT_ROOT))

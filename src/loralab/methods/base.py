@@ -1,0 +1,108 @@
+"""What a method is: a config dataclass, the factor chain it puts on each target module, and training hooks.
+
+Adding a method means one small package under ``loralab/methods/<name>/`` with a ``config.py`` (a dataclass
+extending :class:`MethodConfig`, whose docstring cites the paper) and a ``method.py`` (a :class:`Method`
+subclass registered with :func:`register`), plus ``conf/method/<name>.yaml``. The training loop calls the
+hooks below at fixed points; the adapter layer itself never changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from omegaconf import MISSING
+from torch import nn
+
+from loralab.adapters import Factor, freeze_base, inject_adapters
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method has.
+
+    ``targets``: preset names of the model config joined by ``+`` (LoRA-Mini's ``D``, ``D+A``);
+    ``target_modules``: explicit full-name regexes, which replace ``targets`` when given;
+    ``train_head``: train the task head (the papers do, and count it as trainable).
+    """
+
+    name: str = MISSING
+    targets: str = "D"
+    target_modules: list[str] | None = None
+    train_head: bool = True
+
+
+class Method:
+    """Base class: an adapter method and its hook points in the training loop."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]]
+    saves_adapter: ClassVar[bool] = True  # False: nothing adapter-sized to save (full fine-tuning)
+
+    def __init__(self, cfg: MethodConfig) -> None:
+        self.cfg = cfg
+
+    # --- building -----------------------------------------------------------------------------------------
+    def factors(self, module_name: str, in_features: int, out_features: int) -> list[Factor]:
+        """The factor chain (input to output) for one target module."""
+        raise NotImplementedError
+
+    @property
+    def scaling(self) -> float:
+        return 1.0
+
+    @property
+    def dropout(self) -> float:
+        return float(getattr(self.cfg, "dropout", 0.0))
+
+    def attach(self, model: nn.Module, targets: list[str], head: list[str]) -> list[str]:
+        """Put adapters on the modules matching ``targets``, freeze the rest but ``head``; returns targets hit."""
+        if not targets:
+            raise ValueError(f"method {self.name} needs target modules: set method.targets or method.target_modules")
+        names = inject_adapters(model, targets, self.factors, self.scaling, self.dropout)
+        freeze_base(model, head if self.cfg.train_head else [])
+        return names
+
+    # --- hook points of the training loop (defaults do nothing) ---------------------------------------------
+    def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
+        """A term added to the task loss before backward (e.g. an orthogonality regulariser)."""
+        return None
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        """Runs after backward, before clipping and the optimizer step (e.g. gradient masking)."""
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Runs after each optimizer step (e.g. proximal updates, rank pruning)."""
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        """Runs after each epoch's evaluation."""
+
+    def state_dict(self) -> dict:
+        """Method state to checkpoint with the model (allocators, masks, schedules)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(name: str, config_class: type[MethodConfig]):
+    """Class decorator: make a :class:`Method` available as ``method=<name>``."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name, cls.config_class = name, config_class
+        METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_method(cfg: MethodConfig) -> Method:
+    if cfg.name not in METHODS:
+        raise ValueError(f"unknown method {cfg.name!r}; available: {sorted(METHODS)}")
+    return METHODS[cfg.name](cfg)

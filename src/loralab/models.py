@@ -1,0 +1,259 @@
+"""Backbones: built from a model config (architecture + hub id), with weights from wherever they can be had.
+
+Online, pretrained weights come from the hub id; offline, from ``local_path`` or a Python ``package`` that ships
+them (all-MiniLM-L6-v2); with neither, the architecture is built from ``arch`` with random weights (or on the
+meta device, for counting parameters without weights). Which source was used is recorded in every result.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from omegaconf import MISSING
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Module-name patterns of one architecture family (full-name regexes, matched with ``re.fullmatch``).
+
+    ``targets`` are the presets methods name (LoRA-Mini: ``D`` = every linear whose name ends in ``dense``, ``A`` =
+    the attention's query/key/value); ``heads`` the modules trained as the task head, per task kind;
+    ``bare`` the model class of the backbone with its own pre-training head (for counting, ``task=bare``).
+    """
+
+    targets: dict[str, tuple[str, ...]]
+    heads: dict[str, tuple[str, ...]]
+    bare: str
+
+
+_ENCODER_D = (r".*\.dense",)
+FAMILIES: dict[str, Family] = {
+    # BERT: attention.output.dense, intermediate.dense, output.dense and pooler.dense; head: classifier.
+    "bert": Family(
+        {"D": _ENCODER_D, "A": (r".*\.(query|key|value)",)},
+        {"sequence_classification": ("classifier",)},
+        "base",
+    ),
+    # RoBERTa: the three per-layer denses plus classifier.dense (no pooler); head: classifier.out_proj.
+    "roberta": Family(
+        {"D": _ENCODER_D, "A": (r".*\.(query|key|value)",)},
+        {"sequence_classification": (r"classifier\.out_proj",)},
+        "base",
+    ),
+    "deberta": Family(
+        {"D": _ENCODER_D, "A": (r".*\.(query_proj|key_proj|value_proj)",)},
+        {"sequence_classification": ("classifier",)},
+        "base",
+    ),
+    # T5: LoRA-Mini Tables 3-4 and 13-14 count q, k, v, the feed-forward wi/wo and lm_head (t5-small r=8 a=b=16:
+    # 79 modules x 256 = 20,224; LoRA r=1: 149,376 = "0.14M"); the attention output o is not adapted.
+    "t5": Family({"D": (r".*\.(wi|wi_0|wi_1|wo)", "lm_head"), "A": (r".*\.(q|k|v)",)}, {}, "seq2seq_lm"),
+    "gpt2": Family(
+        {"D": (r".*\.(c_fc|c_proj)",), "A": (r".*\.c_attn",)},
+        {"sequence_classification": ("score",)},
+        "causal_lm",
+    ),
+    "llama": Family(
+        {"D": (r".*\.(o_proj|gate_proj|up_proj|down_proj)",), "A": (r".*\.(q_proj|k_proj|v_proj)",)},
+        {"sequence_classification": ("score",)},
+        "causal_lm",
+    ),
+}
+
+MODEL_CLASSES = {
+    "sequence_classification": AutoModelForSequenceClassification,
+    "seq2seq_lm": AutoModelForSeq2SeqLM,
+    "causal_lm": AutoModelForCausalLM,
+    "base": AutoModel,
+}
+
+
+@dataclass
+class ModelConfig:
+    """A backbone: its hub id, family (module-name presets) and architecture (transformers config fields).
+
+    ``weights``: ``auto`` (local path, then package, then hub unless ``HF_HUB_OFFLINE=1``, then random with a
+    warning), ``pretrained`` (fail if none can be had) or ``random``. ``tokenizer``: a local folder tried before
+    the hub id, or ``tiny`` for the built-in character tokenizer of the test models.
+    """
+
+    name: str = MISSING
+    family: str = MISSING
+    hub_id: str | None = None
+    arch: dict[str, Any] = field(default_factory=dict)
+    weights: str = "auto"
+    local_path: str | None = None
+    package: str | None = None
+    tokenizer: str | None = None
+    tokenizer_class: str | None = None
+
+
+def family(cfg: ModelConfig) -> Family:
+    if cfg.family not in FAMILIES:
+        raise ValueError(f"model {cfg.name}: unknown family {cfg.family!r}; known: {sorted(FAMILIES)}")
+    return FAMILIES[cfg.family]
+
+
+def resolve_targets(cfg: ModelConfig, targets: str, target_modules: list[str] | None) -> list[str]:
+    """Regexes for a method's targets: explicit ``target_modules``, else ``+``-joined preset names."""
+    if target_modules:
+        return list(target_modules)
+    presets = family(cfg).targets
+    names = [t.strip() for t in targets.split("+") if t.strip()]
+    unknown = [n for n in names if n not in presets]
+    if unknown:
+        raise ValueError(
+            f"unknown target preset(s) {unknown} for {cfg.family} models; presets: {sorted(presets)} "
+            "(join them with '+', e.g. method.targets=D+A, or give regexes in method.target_modules)"
+        )
+    return [p for n in names for p in presets[n]]
+
+
+def head_modules(cfg: ModelConfig, kind: str) -> list[str]:
+    return list(family(cfg).heads.get(kind, ()))
+
+
+def model_kind(cfg: ModelConfig, task_kind: str) -> str:
+    """The transformers model class to build: the task's, or the family's own head for ``bare``."""
+    return family(cfg).bare if task_kind == "bare" else task_kind
+
+
+def _hf_config(cfg: ModelConfig, num_labels: int | None) -> transformers.PretrainedConfig:
+    if "model_type" not in cfg.arch:
+        raise ValueError(f"model {cfg.name}: arch must name a transformers model_type")
+    arch = dict(cfg.arch)
+    hf = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    if num_labels is not None:
+        hf.num_labels = num_labels
+    return hf
+
+
+def package_weights_dir(package: str) -> Path:
+    """Unpack the weights a Python package ships (``<package>/model.zip``) once into the user's cache."""
+    mod = importlib.import_module(package)
+    archive = Path(mod.__file__).parent / "model.zip"
+    target = Path(os.environ.get("LORALAB_CACHE", Path.home() / ".cache" / "loralab")) / package
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent))
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return target
+
+
+def _pretrained_sources(cfg: ModelConfig) -> list[str]:
+    sources = []
+    if cfg.local_path and Path(cfg.local_path).exists():
+        sources.append(cfg.local_path)
+    if cfg.package:
+        try:
+            sources.append(str(package_weights_dir(cfg.package)))
+        except ImportError:
+            log.warning("model %s: package %s is not installed", cfg.name, cfg.package)
+    if cfg.hub_id and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false"):
+        sources.append(cfg.hub_id)
+    return sources
+
+
+def build_model(
+    cfg: ModelConfig, kind: str, num_labels: int | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, str]:
+    """Build the backbone for a task kind; returns the model and where its weights came from.
+
+    ``device="meta"`` builds the architecture without allocating weights (parameter counting, planning).
+    """
+    family(cfg)
+    cls = MODEL_CLASSES[kind]
+    hf = _hf_config(cfg, num_labels if kind == "sequence_classification" else None)
+    if str(device) == "meta":
+        with torch.device("meta"):
+            return cls.from_config(hf), "meta"
+    if cfg.weights not in ("auto", "pretrained", "random"):
+        raise ValueError(f"model.weights must be auto, pretrained or random, got {cfg.weights!r}")
+    if cfg.weights != "random":
+        errors = []
+        for src in _pretrained_sources(cfg):
+            try:
+                extra = {"num_labels": num_labels} if kind == "sequence_classification" else {}
+                return cls.from_pretrained(src, **extra), src
+            except OSError as e:  # unreachable hub, missing files
+                errors.append(f"{src}: {str(e).splitlines()[0]}")
+        if cfg.weights == "pretrained":
+            raise FileNotFoundError(
+                f"model {cfg.name}: no pretrained weights could be loaded ({errors or 'no source configured'}); "
+                "set model.local_path to a local copy, or model.weights=random to train from scratch"
+            )
+        log.warning("model %s: no pretrained weights available (%s); using RANDOM weights", cfg.name, errors)
+    return cls.from_config(hf), "random"
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerBase:
+    """A character-level WordPiece tokenizer needing no files (for the tiny test models; vocab < 256)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {t: i for i, t in enumerate(specials + chars + ["##" + c for c in chars])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        eos_token="[SEP]",
+    )
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer: built-in ``tiny``, a local folder, the package's folder, ``local_path``, or the hub id."""
+    if cfg.tokenizer == "tiny":
+        tok = tiny_tokenizer()
+    else:
+        sources = [s for s in (cfg.tokenizer, cfg.local_path) if s and Path(s).exists()]
+        if cfg.package:
+            sources.append(str(package_weights_dir(cfg.package)))
+        if cfg.hub_id:
+            sources.append(cfg.hub_id)
+        if not sources:
+            raise FileNotFoundError(
+                f"model {cfg.name}: no tokenizer found (tokenizer folder {cfg.tokenizer!r} does not exist and no "
+                "hub id is set); point model.tokenizer at a local tokenizer folder"
+            )
+        loader = getattr(transformers, cfg.tokenizer_class) if cfg.tokenizer_class else AutoTokenizer
+        tok = loader.from_pretrained(sources[0])
+    if tok.pad_token is None:  # GPT-2 / Llama: pad with EOS, as is usual for classification
+        tok.pad_token = tok.eos_token
+    return tok

@@ -1,0 +1,317 @@
+"""One run: compose config -> backbone + adapter -> train -> evaluate -> ``results.json`` (+ W&B).
+
+The training loop is written out in :func:`train` with the method's hook points marked, so a reader can hold it
+in their head: extra loss terms, gradient transforms after backward, steps after the optimizer step, epoch ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from loralab.adapters import count_parameters, save_adapter
+from loralab.config import PROJECT_ROOT, LoggerConfig, TaskConfig, TrainerConfig
+from loralab.data.tasks import Collator, TaskData, encode, glue_spec, load_task_data
+from loralab.methods import Method, MethodConfig, build_method
+from loralab.metrics import glue_metrics
+from loralab.models import ModelConfig, build_model, head_modules, load_tokenizer, model_kind, resolve_targets
+
+log = logging.getLogger(__name__)
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class Plan:
+    """Everything a run needs, checked before any weights or data are loaded."""
+
+    model: ModelConfig
+    task: TaskConfig
+    method: Method
+    trainer: TrainerConfig
+    logger: LoggerConfig
+    targets: list[str] = field(default_factory=list)
+    heads: list[str] = field(default_factory=list)
+
+
+def make_plan(cfg: DictConfig) -> Plan:
+    method_cfg: MethodConfig = OmegaConf.to_object(cfg.method)
+    model_cfg: ModelConfig = OmegaConf.to_object(cfg.model)
+    task_cfg: TaskConfig = OmegaConf.to_object(cfg.task)
+    method = build_method(method_cfg)
+    if task_cfg.kind not in ("sequence_classification", "bare"):
+        raise ValueError(f"task {task_cfg.name}: unknown kind {task_cfg.kind!r}")
+    targets = resolve_targets(model_cfg, method_cfg.targets, method_cfg.target_modules)
+    heads = head_modules(model_cfg, model_kind(model_cfg, task_cfg.kind))
+    return Plan(
+        model_cfg, task_cfg, method, OmegaConf.to_object(cfg.trainer), OmegaConf.to_object(cfg.logger), targets, heads
+    )
+
+
+def num_labels(plan: Plan) -> int | None:
+    return glue_spec(plan.task).num_labels if plan.task.kind == "sequence_classification" else None
+
+
+def build(plan: Plan, device: str = "cpu") -> tuple[nn.Module, str, list[str]]:
+    """Backbone with the method attached; ``device="meta"`` builds it without weights."""
+    kind = model_kind(plan.model, plan.task.kind)
+    model, source = build_model(plan.model, kind, num_labels(plan), device=device)
+    hit = plan.method.attach(model, plan.targets, plan.heads)
+    return model, source, hit
+
+
+def dry_run(plan: Plan) -> dict[str, Any]:
+    """Parameter counts on the meta device (no weights, no data)."""
+    model, _, hit = build(plan, device="meta")
+    return {
+        "model": plan.model.name,
+        "task": plan.task.name,
+        "method": plan.method.name,
+        "adapted_modules": len(hit),
+        **count_parameters(model),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+def _precision(trainer: TrainerConfig) -> str:
+    if trainer.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got {trainer.precision!r}")
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if trainer.precision == "bf16" and not gpu_bf16:
+        raise ValueError("trainer.precision=bf16 needs a GPU with bf16 support; use auto or fp32")
+    return "bf16" if trainer.precision == "bf16" or (trainer.precision == "auto" and gpu_bf16) else "no"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loaders: dict[str, DataLoader], data: TaskData, accelerator: Accelerator) -> dict:
+    """Metrics on every eval split; the first split's keys are bare, the others get ``_<split>`` appended."""
+    model.eval()
+    out: dict[str, float] = {}
+    for i, (split, loader) in enumerate(loaders.items()):
+        preds, labels = [], []
+        for batch in loader:
+            logits = model(**batch).logits
+            logits, lab = accelerator.gather_for_metrics((logits, batch["labels"]))
+            preds.append(logits.float().squeeze(-1) if data.spec.is_regression else logits.argmax(-1))
+            labels.append(lab)
+        metrics = glue_metrics(data.spec.name, torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy())
+        out.update({(k if i == 0 else f"{k}_{split}"): v for k, v in metrics.items()})
+    model.train()
+    return out
+
+
+def train(plan: Plan, model: nn.Module, data: TaskData, tokenizer, accelerator: Accelerator, on_epoch) -> dict:
+    """The training loop. ``on_epoch(record, is_best)`` is called after each epoch's evaluation."""
+    tr, method = plan.trainer, plan.method
+    collate = Collator(tokenizer, data.spec.is_regression)
+    gen = torch.Generator().manual_seed(tr.seed)
+    train_loader = DataLoader(
+        encode(data.train, tokenizer, plan.task.max_seq_length),
+        tr.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=gen,
+    )
+    eval_loaders = {
+        s: DataLoader(encode(ex, tokenizer, plan.task.max_seq_length), tr.eval_batch_size, collate_fn=collate)
+        for s, ex in data.evals.items()
+    }
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
+    steps_per_epoch = math.ceil(len(train_loader) / tr.grad_accum)
+    total = min(tr.max_steps or sys.maxsize, steps_per_epoch * tr.epochs)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(tr.warmup_ratio * total), total)
+    model, optimizer, train_loader, scheduler, *evals = accelerator.prepare(
+        model, optimizer, train_loader, scheduler, *eval_loaders.values()
+    )
+    eval_loaders = dict(zip(eval_loaders, evals, strict=True))
+
+    step, best, best_value, stale, history = 0, None, -math.inf, 0, []
+    bar = tqdm(total=total, desc="train", disable=not tr.progress or not accelerator.is_main_process)
+    model.train()
+    for epoch in range(1, tr.epochs + 1):
+        losses, started = [], time.time()
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                extra = method.extra_loss(model, step)  # hook: extra loss terms
+                if extra is not None:
+                    loss = loss + extra
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at step {step} (epoch {epoch}); stopping")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    method.after_backward(model, step)  # hook: gradient transforms
+                    if tr.max_grad_norm:
+                        accelerator.clip_grad_norm_(params, tr.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if accelerator.sync_gradients:
+                method.after_optimizer_step(model, step)  # hook: after the optimizer step
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                if step >= total:
+                    break
+        train_time = time.time() - started
+        metrics = evaluate(model, eval_loaders, data, accelerator)
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": float(np.mean(losses)),
+            "train_time_s": train_time,
+            **metrics,
+        }
+        history.append(record)
+        value = metrics[plan.task.main_metric]
+        is_best = value > best_value
+        if is_best:
+            best, best_value, stale = record, value, 0
+        else:
+            stale += 1
+        log.info("epoch %d: %s", epoch, json.dumps(record))
+        on_epoch(record, is_best)
+        method.on_epoch_end(model, epoch)  # hook: epoch boundary
+        if step >= total or (tr.early_stopping_patience and stale >= tr.early_stopping_patience):
+            break
+    bar.close()
+    return {"epochs": history, "best": best, "steps": step}
+
+
+# --------------------------------------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    names = ("torch", "transformers", "accelerate", "hydra-core", "wandb", "datasets", "loralab")
+    out = {"python": sys.version.split()[0]}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = "not installed"
+    return out
+
+
+def _git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _peak_memory_bytes() -> int:
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Write then rename, so a reader never sees a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Run the composed config; writes ``results.json`` (and ``adapter.safetensors``) into ``output_dir``."""
+    plan = make_plan(cfg)
+    if cfg.get("dry_run", False):
+        info = dry_run(plan)
+        print(json.dumps(info))
+        return info
+    if plan.task.kind == "bare":
+        raise ValueError("task=bare has no data to train on; it only serves dry_run=true parameter counts")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    mixed_precision = _precision(plan.trainer)
+    build(plan, device="meta")  # adapter shapes and target patterns checked before loading anything
+    data = load_task_data(plan.task)  # data errors before any weights are loaded
+    start = time.time()
+    set_seed(plan.trainer.seed)
+    tokenizer = load_tokenizer(plan.model)
+    model, weights_source, targets = build(plan)
+    if getattr(model.config, "pad_token_id", 0) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    counts = count_parameters(model)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=plan.trainer.grad_accum,
+    )
+    wandb_run = _wandb_init(plan, resolved, output_dir)
+    log.info("%s on %s with %s: %s", plan.model.name, plan.task.name, plan.method.name, counts)
+
+    def on_epoch(record: dict, is_best: bool) -> None:
+        if wandb_run is not None:
+            wandb_run.log(record, step=record["step"])
+        if is_best and plan.trainer.save_adapter and plan.method.saves_adapter:
+            save_adapter(
+                accelerator.unwrap_model(model), output_dir / "adapter.safetensors", {"epoch": str(record["epoch"])}
+            )
+
+    history = train(plan, model, data, tokenizer, accelerator, on_epoch)
+    result = {
+        "status": "finished",
+        "config": resolved,
+        "model": plan.model.name,
+        "task": plan.task.name,
+        "method": plan.method.name,
+        "main_metric": plan.task.main_metric,
+        "metrics": history,
+        "params": counts,
+        "adapted_modules": len(targets),
+        "weights_source": weights_source,
+        "data_source": data.source,
+        "num_train_examples": len(data.train),
+        "num_eval_examples": {k: len(v) for k, v in data.evals.items()},
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "wall_time_s": round(time.time() - start, 3),
+        "peak_memory_bytes": _peak_memory_bytes(),
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+    }
+    write_json_atomic(output_dir / RESULTS_FILE, result)
+    if wandb_run is not None:
+        wandb_run.summary.update({f"best/{k}": v for k, v in history["best"].items()} | counts)
+        wandb_run.finish()
+    return result
+
+
+def _wandb_init(plan: Plan, resolved: dict, output_dir: Path):
+    if plan.logger.mode == "disabled":
+        return None
+    import wandb
+
+    return wandb.init(
+        project=plan.logger.project,
+        group=plan.logger.group or plan.task.name,
+        job_type=plan.logger.job_type or plan.method.name,
+        config=resolved,
+        mode=plan.logger.mode,
+        dir=str(output_dir),
+        name=f"{plan.model.name}-{plan.task.name}-{plan.method.name}",
+    )

@@ -1,0 +1,100 @@
+"""Every config option composes, is validated by its schema, and builds (on the meta device)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONF_DIR, compose_cfg
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from loralab.config import PROJECT_ROOT
+from loralab.methods import METHODS
+from loralab.run import dry_run, make_plan
+
+CONF = PROJECT_ROOT / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(str(p.relative_to(CONF / group).with_suffix("")) for p in (CONF / group).rglob("*.yaml"))
+
+
+MODELS, TASKS, METHOD_FILES = options("model"), options("task"), options("method")
+
+
+def test_every_registered_method_has_a_config_and_back():
+    assert set(METHOD_FILES) == set(METHODS)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("method", METHOD_FILES)
+def test_every_model_and_method_builds_on_meta(model, method):
+    task = "bare" if model.endswith("t5") or model.startswith("t5") else "glue/rte"
+    targets = ["method.targets=D+A"] if method != "full_ft" else []
+    small = ["method.a=16", "method.b=16"] if model.startswith("tiny") and method == "lora_mini" else []
+    info = dry_run(make_plan(compose_cfg(f"model={model}", f"task={task}", f"method={method}", *targets, *small)))
+    assert info["trainable_params"] > 0
+    assert (info["adapted_modules"] > 0) == (method != "full_ft")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_composes(task):
+    cfg = compose_cfg(f"task={task}")
+    assert cfg.task.name == task
+    if task != "bare":
+        assert cfg.task.glue_task == task.split("/")[1]
+        assert cfg.task.data_dir.endswith("datasets/glue")
+
+
+@pytest.mark.parametrize("point", options("rab"))
+def test_grid_points_set_r_a_b(point):
+    cfg = compose_cfg("method=lora_mini", f"rab={point}")
+    assert point == f"r{cfg.method.r}_a{cfg.method.a}_b{cfg.method.b}"
+
+
+def test_sweep_and_experiment_compose():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["sweep=lora_mini_grid"], return_hydra_config=True)
+    assert cfg.method.name == "lora_mini"
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert dict(cfg.hydra.sweeper.params) == {"rab": "glob(*)", "method.targets": "D,D+A"}
+    exp = compose_cfg("experiment=rte_minilm")
+    assert (exp.model.name, exp.task.name, exp.method.name, exp.method.targets) == (
+        "minilm-l6",
+        "glue/rte",
+        "lora_mini",
+        "D+A",
+    )
+    # experiment values win over the group defaults (_self_ first in train.yaml)
+    assert exp.trainer.lr == 1e-3
+
+
+def test_env_var_sets_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("LORALAB_GLUE_DIR", str(tmp_path))
+    assert compose_cfg("task=glue/rte").task.data_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "override,error",
+    [
+        ("method.rr=3", "Key 'rr' not in 'LoraMiniConfig'"),
+        ("method.r=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+        ("trainer.lr=fast", "could not be converted to Float"),
+        ("model.wieghts=random", "Key 'wieghts' not in 'ModelConfig'"),
+        ("method=nope", "Could not find 'method/nope'"),
+        ("task=glue/*", "Could not find 'task/glue/*'"),
+    ],
+)
+def test_bad_overrides_fail_at_composition(override, error):
+    with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError)) as e:
+        compose_cfg(override)
+    chain = str(e.value) + str(e.value.__cause__)
+    assert error in chain
+
+
+def test_schemas_type_check_group_files():
+    cfg = compose_cfg("method=lora")
+    with pytest.raises(ValidationError):
+        cfg.method.r = "eight"
+    assert OmegaConf.get_type(cfg.method).__name__ == "LoraConfig"

@@ -1,0 +1,116 @@
+"""Whole runs on tiny models and tiny GLUE-format data written by the test (no network, no shared assets)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import compose_cfg
+from safetensors.torch import load_file
+
+from loralab.config import PROJECT_ROOT
+from loralab.run import run
+
+FAST = ["trainer.progress=false", "logger.mode=disabled", "trainer.batch_size=8", "trainer.lr=3e-3"]
+
+
+def train(tmp_path, tiny_glue, *overrides):
+    cfg = compose_cfg(f"task.data_dir={tiny_glue}", "task.source=local", *FAST, *overrides)
+    out = tmp_path / "run"
+    result = run(cfg, out)
+    return result, out
+
+
+def test_lora_mini_on_tiny_rte_writes_a_complete_result(tmp_path, tiny_glue):
+    result, out = train(
+        tmp_path, tiny_glue, "model=tiny-bert", "task=glue/rte", "method=lora_mini", "method.a=16", "method.b=16",
+        "method.targets=D+A", "trainer.epochs=2",
+    )  # fmt: skip
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(result, default=str))
+    assert not list(out.glob("*.tmp"))
+    assert on_disk["status"] == "finished"
+    assert [e["epoch"] for e in on_disk["metrics"]["epochs"]] == [1, 2]
+    best = on_disk["metrics"]["best"]
+    assert best["accuracy"] == max(e["accuracy"] for e in on_disk["metrics"]["epochs"])
+    assert 0.0 <= best["accuracy"] <= 1.0
+    assert on_disk["num_train_examples"] == 24 and on_disk["num_eval_examples"] == {"dev": 8}
+    # tiny-bert: 2 layers x (3 D + 3 A) + pooler.dense = 13 modules x r(a+b); head = classifier (32 x 2 + 2)
+    assert on_disk["params"]["adapter_params"] == 13 * 8 * 32
+    assert on_disk["params"]["trainable_params"] == 13 * 8 * 32 + 66
+    assert on_disk["config"]["method"]["a"] == 16 and on_disk["weights_source"] == "random"
+    for key in ("wall_time_s", "peak_memory_bytes", "versions", "git_commit", "data_source"):
+        assert on_disk[key]
+    saved = load_file(str(out / "adapter.safetensors"))
+    assert (
+        sum(t.numel() for t in saved.values())
+        == on_disk["params"]["trainable_params"] + on_disk["params"]["adapter_frozen_params"]
+    )
+
+
+def test_stsb_regression_and_cola_mcc(tmp_path, tiny_glue):
+    result, _ = train(tmp_path, tiny_glue, "model=tiny-roberta", "task=glue/stsb", "method=lora", "trainer.epochs=1")
+    assert set(result["metrics"]["best"]) >= {"pearson", "spearman"}
+    result, _ = train(tmp_path, tiny_glue, "model=tiny-roberta", "task=glue/cola", "method=lora", "trainer.epochs=1")
+    assert set(result["metrics"]["best"]) >= {"mcc", "accuracy"} and result["main_metric"] == "mcc"
+
+
+def test_training_reduces_the_loss(tmp_path, tiny_glue):
+    result, _ = train(
+        tmp_path, tiny_glue, "model=tiny-bert", "task=glue/cola", "method=full_ft", "trainer.epochs=8",
+        "trainer.warmup_ratio=0", "trainer.lr=1e-2", "task.main_metric=accuracy",
+    )  # fmt: skip
+    losses = [e["train_loss"] for e in result["metrics"]["epochs"]]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert result["metrics"]["best"]["accuracy"] == 1.0
+    assert not (tmp_path / "run" / "adapter.safetensors").exists()  # full fine-tuning saves no adapter
+
+
+def test_max_steps_and_early_stopping(tmp_path, tiny_glue):
+    result, _ = train(tmp_path, tiny_glue, "model=tiny-bert", "task=glue/rte", "method=lora", "trainer.max_steps=2")
+    assert result["metrics"]["steps"] == 2 and len(result["metrics"]["epochs"]) == 1
+    result, _ = train(
+        tmp_path, tiny_glue, "model=tiny-bert", "task=glue/rte", "method=lora", "trainer.epochs=8", "trainer.lr=0",
+        "trainer.early_stopping_patience=2",
+    )  # fmt: skip
+    assert len(result["metrics"]["epochs"]) == 3  # no improvement after epoch 1 with a zero learning rate
+
+
+def test_same_seed_same_result(tmp_path, tiny_glue):
+    args = ("model=tiny-bert", "task=glue/rte", "method=lora_mini", "method.a=16", "method.b=16", "trainer.epochs=1")
+    first, _ = train(tmp_path / "a", tiny_glue, *args)
+    second, _ = train(tmp_path / "b", tiny_glue, *args)
+    for a, b in zip(first["metrics"]["epochs"], second["metrics"]["epochs"], strict=True):
+        a.pop("train_time_s"), b.pop("train_time_s")
+        assert a == b
+
+
+def test_cli_multirun_sweep_writes_one_result_per_run(tmp_path, tiny_glue):
+    cmd = [
+        sys.executable, "train.py", "-m", "model=tiny-bert", "task=glue/rte", "method=lora_mini", "method.r=2,4",
+        "method.a=8", "method.b=8", f"task.data_dir={tiny_glue}", "trainer.max_steps=1", *FAST,
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]  # fmt: skip
+    subprocess.run(cmd, cwd=PROJECT_ROOT, check=True, capture_output=True, timeout=300)
+    results = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(results) == 2
+    ranks = sorted(json.loads(p.read_text())["config"]["method"]["r"] for p in results)
+    assert ranks == [2, 4]
+
+
+def test_cli_dry_run_prints_json_last(tmp_path):
+    cmd = [sys.executable, "train.py", "model=roberta-base", "task=glue/cola", "rab=r8_a16_b16", "dry_run=true",
+           f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, check=True, capture_output=True, text=True, timeout=300)
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["trainable_params"] == 11010 and last["adapter_params"] == 9472
+
+
+@pytest.mark.skipif(not (PROJECT_ROOT.parent / "shared/assets/datasets/glue/RTE").is_dir(), reason="no shared assets")
+def test_real_rte_with_real_minilm_smoke(tmp_path):
+    cfg = compose_cfg("experiment=rte_minilm", "trainer.max_steps=3", "task.limit_eval=16", *FAST[:2])
+    result = run(cfg, tmp_path)
+    assert result["weights_source"].endswith("all_minilm_l6_v2")
+    assert result["num_train_examples"] == 2490
