@@ -78,6 +78,13 @@ def test_max_steps_and_early_stopping(tmp_path, tiny_glue):
     assert len(result["metrics"]["epochs"]) == 3  # no improvement after epoch 1 with a zero learning rate
 
 
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path, tiny_glue):
+    # 24 examples in batches of 8 = 3 batches; accumulating 2 gives 2 optimizer steps (the last one short)
+    result, _ = train(tmp_path, tiny_glue, "model=tiny-bert", "task=glue/rte", "method=lora", "trainer.grad_accum=2",
+                      "trainer.epochs=2")  # fmt: skip
+    assert [e["step"] for e in result["metrics"]["epochs"]] == [2, 4]
+
+
 def test_same_seed_same_result(tmp_path, tiny_glue):
     args = ("model=tiny-bert", "task=glue/rte", "method=lora_mini", "method.a=16", "method.b=16", "trainer.epochs=1")
     first, _ = train(tmp_path / "a", tiny_glue, *args)
