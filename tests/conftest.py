@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from torch import nn
 
+from loralab.adapters import adapter_layers, merge_adapters, unmerge_adapters
 from loralab.config import PROJECT_ROOT, register_configs
 
 CONF_DIR = str(PROJECT_ROOT / "conf")
@@ -52,3 +56,27 @@ def write_tiny_glue(root: Path, n_train: int = 24, n_dev: int = 8) -> Path:
 @pytest.fixture
 def tiny_glue(tmp_path: Path) -> Path:
     return write_tiny_glue(tmp_path / "glue_data")
+
+
+def check_merge_roundtrip(model: nn.Module, outputs: Callable[[], torch.Tensor], base_out: torch.Tensor) -> None:
+    """Merging gives the same outputs and W + delta; unmerging restores W. ``outputs()`` runs the model;
+    ``base_out`` is the output without adapter update (so a vacuous test, with a zero update, fails)."""
+    layers = adapter_layers(model)
+    weights = {n: layer.base.weight.detach().clone() for n, layer in layers.items()}
+    adapted = outputs()
+    assert not torch.allclose(adapted, base_out, atol=1e-4), "adapters do not change the output: vacuous test"
+
+    merge_adapters(model)
+    assert all(layer.merged for layer in layers.values())
+    for n, layer in layers.items():
+        delta = layer.delta_weight()
+        assert delta.abs().max() > 1e-3, n
+        expected = weights[n] + (delta.T if layer.fan_in_fan_out else delta)
+        torch.testing.assert_close(layer.base.weight, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(outputs(), adapted, atol=1e-5, rtol=0)
+
+    unmerge_adapters(model)
+    assert not any(layer.merged for layer in layers.values())
+    for n, layer in layers.items():
+        torch.testing.assert_close(layer.base.weight, weights[n], atol=1e-6, rtol=0)
+    torch.testing.assert_close(outputs(), adapted, atol=1e-5, rtol=0)

@@ -31,7 +31,7 @@ def test_every_registered_method_has_a_config_and_back():
 @pytest.mark.parametrize("method", METHOD_FILES)
 def test_every_model_and_method_builds_on_meta(model, method):
     task = "bare" if model.endswith("t5") or model.startswith("t5") else "glue/rte"
-    targets = ["method.targets=D+A"] if method != "full_ft" else []
+    targets = ["method.targets=D+A"] if method in ("lora", "lora_mini", "vera") else []
     small = ["method.a=16", "method.b=16"] if model.startswith("tiny") and method == "lora_mini" else []
     info = dry_run(make_plan(compose_cfg(f"model={model}", f"task={task}", f"method={method}", *targets, *small)))
     assert info["trainable_params"] > 0
@@ -83,12 +83,13 @@ def test_env_var_sets_data_dir(monkeypatch, tmp_path):
         ("trainer.lr=fast", "could not be converted to Float"),
         ("model.wieghts=random", "Key 'wieghts' not in 'ModelConfig'"),
         ("method=nope", "Could not find 'method/nope'"),
+        ("method=tied_lora method.varaint=tl1", "Key 'varaint' not in 'TiedLoraConfig'"),
         ("task=glue/*", "Could not find 'task/glue/*'"),
     ],
 )
 def test_bad_overrides_fail_at_composition(override, error):
     with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError)) as e:
-        compose_cfg(override)
+        compose_cfg(*override.split())
     chain = str(e.value) + str(e.value.__cause__)
     assert error in chain
 

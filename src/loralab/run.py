@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from loralab.adapters import count_parameters, save_adapter
 from loralab.config import PROJECT_ROOT, LoggerConfig, TaskConfig, TrainerConfig
@@ -38,6 +38,7 @@ from loralab.models import ModelConfig, build_model, head_modules, load_tokenize
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
+SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}
 
 
 @dataclass
@@ -93,6 +94,9 @@ def dry_run(plan: Plan) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------------------
 def _precision(trainer: TrainerConfig) -> str:
+    """Accelerate's mixed-precision mode; also checks the trainer settings before anything is built."""
+    if trainer.schedule not in SCHEDULES:
+        raise ValueError(f"trainer.schedule must be one of {sorted(SCHEDULES)}, got {trainer.schedule!r}")
     if trainer.precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got {trainer.precision!r}")
     gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -139,7 +143,8 @@ def train(plan: Plan, model: nn.Module, data: TaskData, tokenizer, accelerator: 
     optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
     steps_per_epoch = math.ceil(len(train_loader) / tr.grad_accum)
     total = min(tr.max_steps or sys.maxsize, steps_per_epoch * tr.epochs)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(tr.warmup_ratio * total), total)
+    warmup = tr.warmup_steps if tr.warmup_steps is not None else int(tr.warmup_ratio * total)
+    scheduler = SCHEDULES[tr.schedule](optimizer, warmup, total)
     model, optimizer, train_loader, scheduler, *evals = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values()
     )

@@ -32,7 +32,10 @@ class Factor:
     ``tie``: factors with the same key (across modules) are one tensor, created by the first module.
     ``rows``: the block ``[start, stop)`` of a tied tensor's output rows this module uses (e.g. the q, k or v
     block of a fused-QKV factor); ``out_dim`` is then the full tensor's size and the module sees
-    ``stop - start`` outputs.
+    ``stop - start`` outputs. ``cols``: likewise a block of a matrix's input columns (VeRA's shared A, sliced to
+    each module's input size).
+    ``init``: ``kaiming_uniform`` (a = sqrt 5), ``zeros``, ``ones`` or ``const:<value>``. ``seed``: draw the initial
+    values from a generator with this seed, so a frozen random factor can be regenerated exactly.
     """
 
     name: str
@@ -43,6 +46,8 @@ class Factor:
     trainable: bool = True
     tie: str | None = None
     rows: tuple[int, int] | None = None
+    cols: tuple[int, int] | None = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("matrix", "diag"):
@@ -51,10 +56,14 @@ class Factor:
             raise ValueError(f"factor {self.name!r}: a diagonal needs in_dim == out_dim")
         if min(self.in_dim, self.out_dim) < 1:
             raise ValueError(f"factor {self.name!r}: dimensions must be >= 1, got {self.in_dim}x{self.out_dim}")
-        if self.init not in INITS:
-            raise ValueError(f"factor {self.name!r}: unknown init {self.init!r}; choose from {sorted(INITS)}")
+        if self.init not in INITS and not _is_const(self.init):
+            raise ValueError(
+                f"factor {self.name!r}: unknown init {self.init!r}; choose from {sorted(INITS)} or 'const:<value>'"
+            )
         if self.rows is not None and not 0 <= self.rows[0] < self.rows[1] <= self.out_dim:
             raise ValueError(f"factor {self.name!r}: rows {self.rows} outside 0..{self.out_dim}")
+        if self.cols is not None and (self.kind == "diag" or not 0 <= self.cols[0] < self.cols[1] <= self.in_dim):
+            raise ValueError(f"factor {self.name!r}: cols {self.cols} need a matrix and must lie in 0..{self.in_dim}")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -68,31 +77,43 @@ class Factor:
 
     @property
     def used_in(self) -> int:
-        return self.used_out if self.kind == "diag" else self.in_dim
+        if self.kind == "diag":
+            return self.used_out
+        return self.in_dim if self.cols is None else self.cols[1] - self.cols[0]
 
 
-def _kaiming_uniform(t: torch.Tensor) -> None:
+def _is_const(init: str) -> bool:
+    try:
+        return init.startswith("const:") and math.isfinite(float(init[6:]))
+    except ValueError:
+        return False
+
+
+def _kaiming_uniform(t: torch.Tensor, generator: torch.Generator | None) -> None:
     # nn.Linear's default (and LoRA's A): kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    if t.dim() == 1:
-        bound = 1.0 / math.sqrt(t.shape[0])
-        nn.init.uniform_(t, -bound, bound)
-    else:
-        nn.init.kaiming_uniform_(t, a=math.sqrt(5))
+    bound = 1.0 / math.sqrt(t.shape[-1])
+    t.uniform_(-bound, bound, generator=generator)
 
 
 INITS = {
     "kaiming_uniform": _kaiming_uniform,
-    "zeros": nn.init.zeros_,
-    "ones": nn.init.ones_,
+    "zeros": lambda t, g: t.zero_(),
+    "ones": lambda t, g: t.fill_(1.0),
 }
 
 
 def new_factor_tensor(factor: Factor, device: torch.device | str | None = None) -> nn.Parameter:
     """A freshly initialised parameter for ``factor`` (float32, ``requires_grad`` = ``factor.trainable``)."""
-    t = torch.empty(factor.shape, device=device, dtype=torch.float32)
+    if str(device) == "meta":
+        return nn.Parameter(torch.empty(factor.shape, device="meta"), requires_grad=factor.trainable)
+    t = torch.empty(factor.shape, dtype=torch.float32)
+    generator = None if factor.seed is None else torch.Generator().manual_seed(factor.seed)
     with torch.no_grad():
-        INITS[factor.init](t)
-    return nn.Parameter(t, requires_grad=factor.trainable)
+        if _is_const(factor.init):
+            t.fill_(float(factor.init[6:]))
+        else:
+            INITS[factor.init](t, generator)
+    return nn.Parameter(t.to(device), requires_grad=factor.trainable)
 
 
 class AdapterBank(nn.Module):
@@ -198,7 +219,9 @@ class AdapterLinear(nn.Module):
     def tensor(self, factor: Factor) -> torch.Tensor:
         """The tensor this module uses for ``factor`` (a row block of it, for a sliced tied factor)."""
         t = self.factors[factor.name] if factor.tie is None else self._bank[0].get(factor)
-        return t if factor.rows is None else t[factor.rows[0] : factor.rows[1]]
+        if factor.rows is not None:
+            t = t[factor.rows[0] : factor.rows[1]]
+        return t if factor.cols is None else t[:, factor.cols[0] : factor.cols[1]]
 
     def chain(self) -> Iterator[tuple[Factor, torch.Tensor]]:
         for f in self.specs:

@@ -140,9 +140,20 @@ def unmerge_adapters(model: nn.Module) -> None:
         layer.unmerge()
 
 
+def _regenerable_ids(model: nn.Module) -> set[int]:
+    """Frozen tied factors drawn from a seeded generator: attaching the same method regenerates them exactly."""
+    bank = getattr(model, BANK_NAME, None)
+    if bank is None:
+        return set()
+    return {id(bank.tensors[k]) for k, f in bank.specs.items() if f.seed is not None and not f.trainable}
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter factors (trainable and frozen, tied ones once) plus every other trainable tensor (the head)."""
-    adapter_ids = _adapter_param_ids(model)
+    """Adapter factors (tied ones once) plus every other trainable tensor (the head).
+
+    Frozen seeded factors (VeRA's and Tied-LoRA's random A/B) are left out: they are regenerated from their seed.
+    """
+    adapter_ids = _adapter_param_ids(model) - _regenerable_ids(model)
     keep = {id(p) for p in model.parameters() if p.requires_grad} | adapter_ids
     seen: set[int] = set()
     out: dict[str, torch.Tensor] = {}
