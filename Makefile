@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # torch 2.13.0: on the project's machines pip takes a CPU build from local disk; elsewhere PyPI's default build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test lint format dry-run clean
+.PHONY: setup run test lint format dry-run bench clean
 
 setup: $(VENV)/.installed
 
@@ -40,3 +40,8 @@ dry-run: setup
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# loralab vs peft step time and peak memory (CPU here; on a GPU: make bench BENCH_ARGS="--device cuda ...")
+BENCH_ARGS ?= --device cpu --batch 8 --seq 64 --steps 5 --warmup 2
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/peft_compare.py $(BENCH_ARGS) --out results/bench/peft_compare_$(word 2,$(BENCH_ARGS)).md

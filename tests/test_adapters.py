@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import check_merge_roundtrip
+from conftest import check_merge_roundtrip, compose_cfg
 from safetensors.torch import load_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -32,6 +32,7 @@ from loralab.methods import Method
 from loralab.methods.lora import Lora, LoraConfig
 from loralab.methods.lora_mini import LoraMini, LoraMiniConfig
 from loralab.models import ModelConfig, build_model, head_modules, resolve_targets
+from loralab.run import build, make_plan
 
 MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 SEQ_CLS = "sequence_classification"
@@ -564,3 +565,13 @@ def test_two_factor_and_diagonal_chains_are_applied_factor_by_factor():
     ]
     assert lora._split is None
     assert AdapterLinear(nn.Linear(16, 16), tied_like, scaling=1.0)._split is None
+
+
+def test_adapted_t5_runs_forward_and_backward():
+    # T5's feed-forward reads ``wo.weight.dtype``: an adapted layer must expose its base weight
+    cfg = compose_cfg("model=tiny-t5", "task=bare", "method=lora", "method.targets=D+A")
+    model = build(make_plan(cfg))[0]
+    assert isinstance(model.encoder.block[0].layer[1].DenseReluDense.wo, AdapterLinear)
+    ids = torch.randint(5, 200, (2, 7))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -216,6 +216,15 @@ class AdapterLinear(nn.Module):
                 f"impossible adapter shape: the chain ends with size {dim}, the layer outputs {self.out_features}"
             )
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base layer's weight (model code reads it, e.g. T5's feed-forward checks ``wo.weight.dtype``)."""
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
     def tensor(self, factor: Factor) -> torch.Tensor:
         """The tensor this module uses for ``factor`` (a row block of it, for a sliced tied factor)."""
         t = self.factors[factor.name] if factor.tie is None else self._bank[0].get(factor)
