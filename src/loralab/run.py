@@ -149,6 +149,7 @@ def train(plan: Plan, model: nn.Module, data: TaskData, tokenizer, accelerator: 
         model, optimizer, train_loader, scheduler, *eval_loaders.values()
     )
     eval_loaders = dict(zip(eval_loaders, evals, strict=True))
+    method.on_train_start(model, optimizer)  # hook: before the first step
 
     step, best, best_value, stale, history = 0, None, -math.inf, 0, []
     bar = tqdm(total=total, desc="train", disable=not tr.progress or not accelerator.is_main_process)
@@ -278,6 +279,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             )
 
     history = train(plan, model, data, tokenizer, accelerator, on_epoch)
+    method_metrics = plan.method.final_metrics(accelerator.unwrap_model(model))
     result = {
         "status": "finished",
         "config": resolved,
@@ -286,6 +288,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "method": plan.method.name,
         "main_metric": plan.task.main_metric,
         "metrics": history,
+        "method_metrics": method_metrics,
         "params": counts,
         "adapted_modules": len(targets),
         "weights_source": weights_source,

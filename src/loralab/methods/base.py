@@ -8,7 +8,7 @@ hooks below at fixed points; the adapter layer itself never changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -24,13 +24,15 @@ class MethodConfig:
 
     ``targets``: preset names of the model config joined by ``+`` (LoRA-Mini's ``D``, ``D+A``);
     ``target_modules``: explicit full-name regexes, which replace ``targets`` when given;
-    ``train_head``: train the task head (the papers do, and count it as trainable).
+    ``train_head``: train the task head (the papers do, and count it as trainable);
+    ``extra_trainable``: more modules (full-name regexes) trained in full, e.g. RM-LoRA's DeBERTa pooler.
     """
 
     name: str = MISSING
     targets: str = "D"
     target_modules: list[str] | None = None
     train_head: bool = True
+    extra_trainable: list[str] = field(default_factory=list)
 
 
 class Method:
@@ -61,10 +63,17 @@ class Method:
         if not targets:
             raise ValueError(f"method {self.name} needs target modules: set method.targets or method.target_modules")
         names = inject_adapters(model, targets, self.factors, self.scaling, self.dropout)
-        freeze_base(model, head if self.cfg.train_head else [])
+        freeze_base(model, self.trainable_modules(head))
         return names
 
+    def trainable_modules(self, head: list[str]) -> list[str]:
+        """Modules trained in full besides the adapters: the task head and ``extra_trainable``."""
+        return (head if self.cfg.train_head else []) + list(self.cfg.extra_trainable)
+
     # --- hook points of the training loop (defaults do nothing) ---------------------------------------------
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Runs once, after the optimizer is built (methods that manage optimizer state keep a reference)."""
+
     def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
         """A term added to the task loss before backward (e.g. an orthogonality regulariser)."""
         return None
@@ -77,6 +86,10 @@ class Method:
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
         """Runs after each epoch's evaluation."""
+
+    def final_metrics(self, model: nn.Module) -> dict:
+        """Method-specific measurements recorded in the result after training (ranks, orthogonality, ...)."""
+        return {}
 
     def state_dict(self) -> dict:
         """Method state to checkpoint with the model (allocators, masks, schedules)."""

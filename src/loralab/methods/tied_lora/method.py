@@ -70,7 +70,7 @@ class TiedLora(Method):
                 f"fused output size, got (d_in, fused_out) {sorted(s[:2] for s in shapes)}; check method.targets"
             )
         inject_adapters(model, [re.escape(n) for n in names], self.factors, self.scaling, self.dropout)
-        freeze_base(model, head if self.cfg.train_head else [])
+        freeze_base(model, self.trainable_modules(head))
         return names
 
     def factors(self, module_name: str, in_features: int, out_features: int) -> list[Factor]:

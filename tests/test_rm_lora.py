@@ -1,0 +1,121 @@
+"""RM-LoRA: the orthogonality regulariser (eq. 10), gradient masking (Algorithm 1) and Table 5's measurements."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import compose_cfg
+
+from loralab.adapters import adapter_layers
+from loralab.methods.rm_lora import RmLora, RmLoraConfig, orthogonality_penalty
+from loralab.run import build, dry_run, make_plan, run
+
+
+def test_regulariser_value_and_gradient_against_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 10, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(7, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    value = orthogonality_penalty(a, b)
+    eye = torch.eye(4, dtype=torch.float64)
+    direct = sum(
+        (sum(a[i, k] * a[j, k] for k in range(10)) - eye[i, j]) ** 2 for i in range(4) for j in range(4)
+    ) + sum((sum(b[k, i] * b[k, j] for k in range(7)) - eye[i, j]) ** 2 for i in range(4) for j in range(4))
+    torch.testing.assert_close(value, direct)
+    ga, gb = torch.autograd.grad(value, [a, b])
+    # d/dA ||A A^T - I||^2 = 4 (A A^T - I) A ;  d/dB ||B^T B - I||^2 = 4 B (B^T B - I)
+    torch.testing.assert_close(ga, 4 * (a @ a.T - eye) @ a)
+    torch.testing.assert_close(gb, 4 * b @ (b.T @ b - eye))
+
+
+def tiny(*overrides: str):
+    cfg = compose_cfg("model=tiny-bert", "task=glue/rte", "method=rm_lora", "method.r=4", *overrides)
+    plan = make_plan(cfg)
+    torch.manual_seed(0)
+    model = build(plan)[0]
+    return plan.method, model
+
+
+def loss_of(model) -> torch.Tensor:
+    ids = torch.randint(5, 200, (3, 9), generator=torch.Generator().manual_seed(1))
+    return model(input_ids=ids, labels=torch.tensor([0, 1, 0])).loss
+
+
+def test_extra_loss_is_weighted_sum_over_adapters():
+    method, model = tiny("method.reg_weight=0.25")
+    layers = adapter_layers(model).values()
+    expected = 0.25 * sum(orthogonality_penalty(x.factors["A"], x.factors["B"]) for x in layers)
+    torch.testing.assert_close(method.extra_loss(model, 0), expected)
+    assert tiny("method.regularize=false")[0].extra_loss(model, 0) is None
+
+
+def test_masked_entries_and_adam_moments_do_not_move():
+    method, model = tiny("method.mask_directions=1")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    method.on_train_start(model, opt)
+    layers = adapter_layers(model)
+    with torch.no_grad():  # B starts at zero: give it values so masking is visible in both factors
+        for layer in layers.values():
+            layer.factors["B"].normal_()
+    for step in range(3):
+        (loss_of(model) + method.extra_loss(model, step)).backward()
+        method.after_backward(model, step)
+        frozen = [(p, m) for p, m, _ in method._frozen]
+        before = {
+            id(p): (p.detach().clone(), {k: v.clone() for k, v in opt.state.get(p, {}).items()}) for p, _ in frozen
+        }
+        opt.step()
+        method.after_optimizer_step(model, step)
+        opt.zero_grad()
+        for p, masked in frozen:
+            value, state = before[id(p)]
+            assert torch.equal(p.detach()[masked], value[masked])  # masked: bit-identical, weight decay included
+            assert not torch.equal(p.detach()[~masked], value[~masked])  # the kept direction moved
+            for k in ("exp_avg", "exp_avg_sq"):
+                if k in state:  # from the second step on
+                    assert torch.equal(opt.state[p][k][masked], state[k][masked])
+    # one of the r = 4 directions kept per adapter: a row of A and the matching column of B
+    for p, masked in frozen:
+        kept = (~masked).any(dim=1 if p.shape[0] == 4 else 0)
+        assert int(kept.sum()) == 1
+
+
+def test_mask_directions_default_and_bounds():
+    assert RmLora(RmLoraConfig(r=8)).r_hat == 4
+    with pytest.raises(ValueError, match="mask_directions must be in 1..r=8"):
+        RmLora(RmLoraConfig(r=8, mask_directions=9))
+
+
+def test_table5_measurements():
+    method, model = tiny()
+    layer = next(iter(adapter_layers(model).values()))
+    with torch.no_grad():
+        layer.factors["A"].zero_()
+        layer.factors["B"].zero_()
+        layer.factors["A"][0, 0] = layer.factors["A"][1, 1] = 1.0
+        layer.factors["B"][0, 0] = layer.factors["B"][1, 1] = 1.0
+    metrics = method.final_metrics(model)
+    name = next(iter(adapter_layers(model)))
+    dw = layer.delta_weight()  # scaling 2 (alpha 8 / r 4) on two diagonal entries
+    assert metrics["delta_rank"][name] == 2
+    expected = (dw @ dw.T - torch.eye(dw.shape[0])).square().sum().item()  # (4-1)^2 * 2 + (d_out - 2)
+    assert metrics["delta_orthogonality_loss"][name] == pytest.approx(expected)
+    assert expected == pytest.approx(9 * 2 + dw.shape[0] - 2)
+
+
+@pytest.mark.parametrize(("r", "trainable"), [(4, 1_255_682), (8, 1_919_234)])
+def test_deberta_glue_counts_of_table1(r, trainable):
+    # RM-LoRA Table 1: LoRA R=4 "1.26M", R=8 "1.92M": encoder linears adapted, pooler and classifier trained
+    cfg = compose_cfg("experiment=rm_lora/deberta_glue", "task=glue/rte", f"method.r={r}", "dry_run=true")
+    assert dry_run(make_plan(cfg))["trainable_params"] == trainable
+
+
+def test_run_records_rank_and_orthogonality(tmp_path, tiny_glue):
+    cfg = compose_cfg(
+        "model=tiny-bert", "task=glue/rte", "method=rm_lora", "method.r=4", f"task.data_dir={tiny_glue}",
+        "trainer.max_steps=2", "logger.mode=disabled", "trainer.progress=false",
+    )  # fmt: skip
+    result = run(cfg, tmp_path)
+    assert set(result["method_metrics"]) == {
+        "delta_rank", "delta_orthogonality_loss", "mean_delta_rank", "mean_delta_orthogonality_loss",
+    }  # fmt: skip
+    assert 1 <= result["method_metrics"]["mean_delta_rank"] <= 4
