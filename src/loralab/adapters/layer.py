@@ -34,8 +34,9 @@ class Factor:
     block of a fused-QKV factor); ``out_dim`` is then the full tensor's size and the module sees
     ``stop - start`` outputs. ``cols``: likewise a block of a matrix's input columns (VeRA's shared A, sliced to
     each module's input size).
-    ``init``: ``kaiming_uniform`` (a = sqrt 5), ``zeros``, ``ones`` or ``const:<value>``. ``seed``: draw the initial
-    values from a generator with this seed, so a frozen random factor can be regenerated exactly.
+    ``init``: ``kaiming_uniform`` (a = sqrt 5), ``zeros``, ``ones``, ``normal`` (standard) or ``const:<value>``.
+    ``seed``: draw the initial values from a generator with this seed, so a frozen random factor can be
+    regenerated exactly.
     """
 
     name: str
@@ -99,6 +100,7 @@ INITS = {
     "kaiming_uniform": _kaiming_uniform,
     "zeros": lambda t, g: t.zero_(),
     "ones": lambda t, g: t.fill_(1.0),
+    "normal": lambda t, g: t.normal_(generator=g),
 }
 
 
