@@ -51,7 +51,7 @@ def test_extra_loss_is_weighted_sum_over_adapters():
 def test_masked_entries_and_adam_moments_do_not_move():
     method, model = tiny("method.mask_directions=1")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
-    method.on_train_start(model, opt)
+    method.on_train_start(model, opt, 10)
     layers = adapter_layers(model)
     with torch.no_grad():  # B starts at zero: give it values so masking is visible in both factors
         for layer in layers.values():

@@ -27,7 +27,7 @@ def tiny(*overrides: str):
 def test_proximal_step_after_optimizer_step(multiply_lr, threshold):
     method, model = tiny("method.xi=0.5", f"method.multiply_lr={str(multiply_lr).lower()}")
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    method.on_train_start(model, opt)
+    method.on_train_start(model, opt, 10)
     gates = method.gates(model)
     with torch.no_grad():
         for g in gates.values():

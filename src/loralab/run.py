@@ -149,7 +149,7 @@ def train(plan: Plan, model: nn.Module, data: TaskData, tokenizer, accelerator: 
         model, optimizer, train_loader, scheduler, *eval_loaders.values()
     )
     eval_loaders = dict(zip(eval_loaders, evals, strict=True))
-    method.on_train_start(model, optimizer)  # hook: before the first step
+    method.on_train_start(model, optimizer, total)  # hook: before the first step
 
     step, best, best_value, stale, history = 0, None, -math.inf, 0, []
     bar = tqdm(total=total, desc="train", disable=not tr.progress or not accelerator.is_main_process)

@@ -34,7 +34,8 @@ class Factor:
     block of a fused-QKV factor); ``out_dim`` is then the full tensor's size and the module sees
     ``stop - start`` outputs. ``cols``: likewise a block of a matrix's input columns (VeRA's shared A, sliced to
     each module's input size).
-    ``init``: ``kaiming_uniform`` (a = sqrt 5), ``zeros``, ``ones``, ``normal`` (standard) or ``const:<value>``.
+    ``init``: ``kaiming_uniform`` (a = sqrt 5), ``zeros``, ``ones``, ``normal`` (standard), ``normal:<std>`` or
+    ``const:<value>``.
     ``seed``: draw the initial values from a generator with this seed, so a frozen random factor can be
     regenerated exactly.
     """
@@ -57,9 +58,10 @@ class Factor:
             raise ValueError(f"factor {self.name!r}: a diagonal needs in_dim == out_dim")
         if min(self.in_dim, self.out_dim) < 1:
             raise ValueError(f"factor {self.name!r}: dimensions must be >= 1, got {self.in_dim}x{self.out_dim}")
-        if self.init not in INITS and not _is_const(self.init):
+        if self.init not in INITS and _parametrised(self.init) is None:
             raise ValueError(
-                f"factor {self.name!r}: unknown init {self.init!r}; choose from {sorted(INITS)} or 'const:<value>'"
+                f"factor {self.name!r}: unknown init {self.init!r}; choose from {sorted(INITS)}, 'const:<value>' "
+                "or 'normal:<std>'"
             )
         if self.rows is not None and not 0 <= self.rows[0] < self.rows[1] <= self.out_dim:
             raise ValueError(f"factor {self.name!r}: rows {self.rows} outside 0..{self.out_dim}")
@@ -83,11 +85,13 @@ class Factor:
         return self.in_dim if self.cols is None else self.cols[1] - self.cols[0]
 
 
-def _is_const(init: str) -> bool:
+def _parametrised(init: str) -> tuple[str, float] | None:
+    """``const:<value>`` or ``normal:<std>`` as (kind, number), else None."""
+    kind, _, number = init.partition(":")
     try:
-        return init.startswith("const:") and math.isfinite(float(init[6:]))
+        return (kind, float(number)) if kind in ("const", "normal") and math.isfinite(float(number)) else None
     except ValueError:
-        return False
+        return None
 
 
 def _kaiming_uniform(t: torch.Tensor, generator: torch.Generator | None) -> None:
@@ -111,10 +115,13 @@ def new_factor_tensor(factor: Factor, device: torch.device | str | None = None) 
     t = torch.empty(factor.shape, dtype=torch.float32)
     generator = None if factor.seed is None else torch.Generator().manual_seed(factor.seed)
     with torch.no_grad():
-        if _is_const(factor.init):
-            t.fill_(float(factor.init[6:]))
-        else:
+        special = _parametrised(factor.init)
+        if special is None:
             INITS[factor.init](t, generator)
+        elif special[0] == "const":
+            t.fill_(special[1])
+        else:
+            t.normal_(0.0, special[1], generator=generator)
     return nn.Parameter(t.to(device), requires_grad=factor.trainable)
 
 

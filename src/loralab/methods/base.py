@@ -71,8 +71,9 @@ class Method:
         return (head if self.cfg.train_head else []) + list(self.cfg.extra_trainable)
 
     # --- hook points of the training loop (defaults do nothing) ---------------------------------------------
-    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Runs once, after the optimizer is built (methods that manage optimizer state keep a reference)."""
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
+        """Runs once, after the optimizer is built (methods that manage optimizer state keep a reference);
+        ``total_steps``: the optimizer steps the run will take (for schedules)."""
 
     def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
         """A term added to the task loss before backward (e.g. an orthogonality regulariser)."""

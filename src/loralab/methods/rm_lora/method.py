@@ -32,7 +32,7 @@ class RmLora(Lora):
     def _pairs(self, model: nn.Module) -> list[tuple[str, AdapterLinear]]:
         return list(adapter_layers(model).items())
 
-    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
         self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
 
     def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:

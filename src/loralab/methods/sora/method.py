@@ -38,7 +38,7 @@ class Sora(Method):
     def gates(self, model: nn.Module) -> dict[str, nn.Parameter]:
         return {name: layer.factors["gate"] for name, layer in adapter_layers(model).items()}
 
-    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
         self.optimizer = optimizer
 
     def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
