@@ -46,6 +46,8 @@ class TrainerConfig:
 
     ``precision``: ``auto`` = bf16 autocast on a GPU that supports it, else fp32. ``max_steps`` stops early
     (smoke runs). ``early_stopping_patience``: epochs without improvement of the main metric before stopping.
+    ``iterations``: train this many times, each starting from the best checkpoint so far (the RoLoRA paper's
+    iterated baselines LoRA* and AdaLoRA*); methods with phases of their own (RoLoRA) set them themselves.
     """
 
     epochs: int = 3
@@ -62,6 +64,7 @@ class TrainerConfig:
     precision: str = "auto"
     seed: int = 42
     early_stopping_patience: int | None = None
+    iterations: int = 1
     progress: bool = True
     save_adapter: bool = True
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from loralab.adapters import count_parameters, save_adapter
+from loralab.adapters import adapter_state_dict, count_parameters, load_adapter_state, save_adapter
 from loralab.config import PROJECT_ROOT, LoggerConfig, TaskConfig, TrainerConfig
 from loralab.data.tasks import Collator, TaskData, encode, glue_spec, load_task_data
 from loralab.methods import Method, MethodConfig, build_method
@@ -123,8 +123,10 @@ def evaluate(model: nn.Module, loaders: dict[str, DataLoader], data: TaskData, a
     return out
 
 
-def train(plan: Plan, model: nn.Module, data: TaskData, tokenizer, accelerator: Accelerator, on_epoch) -> dict:
-    """The training loop. ``on_epoch(record, is_best)`` is called after each epoch's evaluation."""
+def train(
+    plan: Plan, model: nn.Module, data: TaskData, tokenizer, accelerator: Accelerator, on_epoch, phase: int = 0
+) -> dict:
+    """The training loop (one phase). ``on_epoch(record)`` is called after each epoch's evaluation."""
     tr, method = plan.trainer, plan.method
     collate = Collator(tokenizer, data.spec.is_regression)
     gen = torch.Generator().manual_seed(tr.seed)
@@ -183,6 +185,7 @@ def train(plan: Plan, model: nn.Module, data: TaskData, tokenizer, accelerator: 
         train_time = time.time() - started
         metrics = evaluate(model, eval_loaders, data, accelerator)
         record = {
+            "phase": phase,
             "epoch": epoch,
             "step": step,
             "train_loss": float(np.mean(losses)),
@@ -197,7 +200,7 @@ def train(plan: Plan, model: nn.Module, data: TaskData, tokenizer, accelerator: 
         else:
             stale += 1
         log.info("epoch %d: %s", epoch, json.dumps(record))
-        on_epoch(record, is_best)
+        on_epoch(record)
         method.on_epoch_end(model, epoch)  # hook: epoch boundary
         if step >= total or (tr.early_stopping_patience and stale >= tr.early_stopping_patience):
             break
@@ -253,6 +256,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
     mixed_precision = _precision(plan.trainer)
+    if plan.trainer.iterations > 1 and plan.method.phases > 1:
+        raise ValueError(
+            f"{plan.method.name} runs {plan.method.phases} phases of its own: leave trainer.iterations at 1"
+        )
     build(plan, device="meta")  # adapter shapes and target patterns checked before loading anything
     data = load_task_data(plan.task)  # data errors before any weights are loaded
     start = time.time()
@@ -270,15 +277,32 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     wandb_run = _wandb_init(plan, resolved, output_dir)
     log.info("%s on %s with %s: %s", plan.model.name, plan.task.name, plan.method.name, counts)
 
-    def on_epoch(record: dict, is_best: bool) -> None:
-        if wandb_run is not None:
-            wandb_run.log(record, step=record["step"])
-        if is_best and plan.trainer.save_adapter and plan.method.saves_adapter:
-            save_adapter(
-                accelerator.unwrap_model(model), output_dir / "adapter.safetensors", {"epoch": str(record["epoch"])}
-            )
+    best: dict[str, Any] = {"record": None, "state": None, "steps_before": 0}
 
-    history = train(plan, model, data, tokenizer, accelerator, on_epoch)
+    def on_epoch(record: dict) -> None:
+        if wandb_run is not None:
+            wandb_run.log(record, step=best["steps_before"] + record["step"])
+        if best["record"] is None or record[plan.task.main_metric] > best["record"][plan.task.main_metric]:
+            best["record"] = record
+            if restarts:
+                best["state"] = {k: t.clone() for k, t in adapter_state_dict(accelerator.unwrap_model(model)).items()}
+            if plan.trainer.save_adapter and plan.method.saves_adapter:
+                meta = {"phase": str(record["phase"]), "epoch": str(record["epoch"])}
+                save_adapter(accelerator.unwrap_model(model), output_dir / "adapter.safetensors", meta)
+
+    restarts = plan.trainer.iterations > 1
+    phases = []
+    for phase in range(max(plan.method.phases, plan.trainer.iterations)):
+        phases.append(train(plan, model, data, tokenizer, accelerator, on_epoch, phase))
+        best["steps_before"] += phases[-1]["steps"]
+        plan.method.on_phase_end(accelerator.unwrap_model(model), phase)  # hook: between phases
+        if restarts:  # LoRA* / AdaLoRA*: the next run starts from the best checkpoint so far
+            load_adapter_state(accelerator.unwrap_model(model), best["state"])
+    history = {
+        "epochs": [e for p in phases for e in p["epochs"]],
+        "best": best["record"],
+        "steps": best["steps_before"],
+    }
     method_metrics = plan.method.final_metrics(accelerator.unwrap_model(model))
     result = {
         "status": "finished",

@@ -174,21 +174,23 @@ def save_adapter(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
 
 def load_adapter(model: nn.Module, path: str | Path) -> None:
     """Load a file written by :func:`save_adapter` into a model with the same adapters attached (unmerged)."""
+    load_adapter_state(model, load_file(str(path)), f"adapter file {path}")
+
+
+def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "adapter state") -> None:
+    """Copy an :func:`adapter_state_dict` into the model's adapters (same method, targets and shapes; unmerged)."""
     if any(layer.merged for layer in adapter_layers(model).values()):
         raise ValueError("load_adapter needs unmerged adapters: call unmerge_adapters(model) first")
-    state = load_file(str(path))
     expected = adapter_state_dict(model)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ValueError(
-            f"adapter file {path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]} "
+            f"{source} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]} "
             "(was it saved with the same method, targets and model?)"
         )
     params = dict(model.named_parameters(remove_duplicate=False))
     with torch.no_grad():
         for name, t in state.items():
             if params[name].shape != t.shape:
-                raise ValueError(
-                    f"adapter file {path}: {name} has shape {tuple(t.shape)}, model has {tuple(params[name].shape)}"
-                )
+                raise ValueError(f"{source}: {name} has shape {tuple(t.shape)}, model has {tuple(params[name].shape)}")
             params[name].copy_(t)

@@ -42,6 +42,11 @@ class Method:
     config_class: ClassVar[type[MethodConfig]]
     saves_adapter: ClassVar[bool] = True  # False: nothing adapter-sized to save (full fine-tuning)
 
+    @property
+    def phases(self) -> int:
+        """Training phases, each with a fresh optimizer and schedule (iterative methods: RoLoRA)."""
+        return 1
+
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
 
@@ -87,6 +92,9 @@ class Method:
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
         """Runs after each epoch's evaluation."""
+
+    def on_phase_end(self, model: nn.Module, phase: int) -> None:
+        """Runs after each training phase (RoLoRA re-allocates ranks here)."""
 
     def final_metrics(self, model: nn.Module) -> dict:
         """Method-specific measurements recorded in the result after training (ranks, orthogonality, ...)."""

@@ -20,6 +20,7 @@ class AdaLora(Method):
         self.ema: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # parameter name -> (I_bar, U_bar)
         self.final_mask: dict[str, torch.Tensor] | None = None
         self.budget_log: list[tuple[int, int, int]] = []  # (step, budget, active triplets) after each masking
+        self.totals: tuple[int, int] | None = None  # (start, end) budget; None: init_r * K -> target_r * K
 
     @property
     def scaling(self) -> float:
@@ -37,7 +38,8 @@ class AdaLora(Method):
         return adapter_layers(model)
 
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
-        self.total_steps = total_steps
+        """Each training phase is a fresh AdaLoRA run: new importance EMAs, schedule and final mask."""
+        self.total_steps, self.ema, self.final_mask = total_steps, {}, None
         if total_steps - self.cfg.t_final <= self.cfg.t_init:
             raise ValueError(
                 f"adalora: the schedule needs t_init < T - t_final, got t_init={self.cfg.t_init}, "
@@ -47,7 +49,7 @@ class AdaLora(Method):
     # --- the budget ------------------------------------------------------------------------------------------
     def budget(self, step: int, modules: int) -> int:
         """Eq. 12: the total number of triplets kept after ``step``."""
-        b0, bt = self.cfg.init_r * modules, self.cfg.target_r * modules
+        b0, bt = self.totals or (self.cfg.init_r * modules, self.cfg.target_r * modules)
         ti, tf, total = self.cfg.t_init, self.cfg.t_final, self.total_steps
         if step < ti:
             return b0
@@ -62,7 +64,7 @@ class AdaLora(Method):
         total = 0.0
         for layer in self.layers(model).values():
             p, q = layer.factors["P"], layer.factors["Q"]
-            eye = torch.eye(self.cfg.init_r, device=p.device, dtype=p.dtype)
+            eye = torch.eye(p.shape[1], device=p.device, dtype=p.dtype)
             for gram in (p.T @ p, q @ q.T):
                 norm = torch.linalg.matrix_norm(gram - eye)  # Frobenius
                 total = total + (norm.square() if self.cfg.orth_squared else norm)
