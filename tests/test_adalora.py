@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import compose_cfg
 
 from loralab.adapters import adapter_layers
 from loralab.methods.adalora import AdaLora, AdaLoraConfig
-from loralab.run import build, make_plan, run
+from loralab.run import build, dry_run, make_plan, run
 
 
 def test_budget_schedule_is_cubic():
@@ -89,11 +91,50 @@ def test_schedule_must_fit_the_run():
 def test_rm_lora_table1_training_counts_of_the_baselines(method, ranks, millions):
     # RM-LoRA Table 1 (DeBERTa-v3-base, encoder linears adapted, pooler and classifier trained): the trainable
     # column at the initial rank (the inference column depends on how far training prunes)
-    cfg = compose_cfg(
-        "model=deberta-v3-base", "task=glue/rte", f"method={method}", *ranks, "dry_run=true",
-        r"method.target_modules=['.*encoder\.layer\.\d+\..*(query_proj|key_proj|value_proj|dense)']",
-        "method.extra_trainable=[pooler]",
-    )  # fmt: skip
-    from loralab.run import dry_run
-
+    cfg = compose_cfg("experiment=rm_lora/deberta_glue", "task=glue/rte", f"method={method}", *ranks, "dry_run=true")
     assert round(dry_run(make_plan(cfg))["trainable_params"] / 1e6, 2) == millions
+
+
+def test_allocator_state_round_trip_continues_the_same_schedule():
+    # a run interrupted at step 7 and resumed from (model, optimizer, method) state makes the same masking
+    # decisions as an uninterrupted one: the importance EMAs and the final mask travel in method.state_dict()
+    overrides = ("method.init_r=4", "method.target_r=2", "method.t_init=2", "method.t_final=4", "method.delta_t=2")
+    ids = torch.randint(5, 200, (4, 9), generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([0, 1, 1, 0])
+
+    def fresh():
+        plan = make_plan(compose_cfg("model=tiny-bert", "task=glue/rte", "method=adalora", *overrides))
+        torch.manual_seed(0)
+        model = build(plan)[0].eval()  # no dropout: the comparison is about state, not random masks
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        plan.method.on_train_start(model, opt, total_steps=14)
+        return plan.method, model, opt
+
+    def steps(method, model, opt, start, stop):
+        for step in range(start, stop):
+            loss = model(input_ids=ids, labels=labels).loss + method.extra_loss(model, step)
+            loss.backward()
+            method.after_backward(model, step)
+            opt.step()
+            method.after_optimizer_step(model, step)
+            opt.zero_grad()
+
+    method, model, opt = fresh()
+    steps(method, model, opt, 0, 14)
+    reference = (method.budget_log, {n: x.factors["E"].detach().clone() for n, x in adapter_layers(model).items()})
+
+    method, model, opt = fresh()
+    steps(method, model, opt, 0, 7)
+    saved = (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        copy.deepcopy(opt.state_dict()),
+        copy.deepcopy(method.state_dict()),
+    )
+    method, model, opt = fresh()  # "restart the process"
+    model.load_state_dict(saved[0])
+    opt.load_state_dict(saved[1])
+    method.load_state_dict(saved[2])
+    steps(method, model, opt, 7, 14)
+    assert method.budget_log == reference[0]
+    for n, x in adapter_layers(model).items():
+        torch.testing.assert_close(x.factors["E"], reference[1][n], atol=1e-6, rtol=0)

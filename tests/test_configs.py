@@ -99,3 +99,26 @@ def test_schemas_type_check_group_files():
     with pytest.raises(ValidationError):
         cfg.method.r = "eight"
     assert OmegaConf.get_type(cfg.method).__name__ == "LoraConfig"
+
+
+EXPERIMENTS = options("experiment")
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_builds_on_meta(experiment):
+    task = ["task=bare"] if experiment.startswith("tied_lora") else []
+    info = dry_run(make_plan(compose_cfg(f"experiment={experiment}", *task)))
+    assert info["trainable_params"] > 0
+
+
+@pytest.mark.parametrize("setting", options("sparsify"))
+@pytest.mark.parametrize("method", ["lora", "adalora", "rolora"])
+def test_rolora_table_rows_compose(setting, method):
+    # each RoLoRA table row: the experiment (shared hyper-parameters) + the method (+ its sparsification settings)
+    extra = [f"sparsify={setting}"] if method != "lora" else []
+    ranks = ["method.init_r=12", "method.target_r=8"] if method == "adalora" else []
+    cfg = compose_cfg(f"experiment={setting}", f"method={method}", *extra, *ranks)
+    info = dry_run(make_plan(cfg))
+    assert info["adapted_modules"] == (24 if "roberta" in setting else 36)
+    if method != "lora":
+        assert cfg.method.t_init > 0 and cfg.method.orth_weight in (0.1, 0.3, 0.5)

@@ -6,8 +6,10 @@ import pytest
 import torch
 from conftest import compose_cfg
 
-from loralab.adapters import adapter_layers
+from loralab.adapters import adapter_layers, count_parameters
+from loralab.methods.lora import Lora, LoraConfig
 from loralab.methods.rm_lora import RmLora, RmLoraConfig, orthogonality_penalty
+from loralab.models import build_model, head_modules
 from loralab.run import build, dry_run, make_plan, run
 
 
@@ -105,7 +107,9 @@ def test_table5_measurements():
 @pytest.mark.parametrize(("r", "trainable"), [(4, 1_255_682), (8, 1_919_234)])
 def test_deberta_glue_counts_of_table1(r, trainable):
     # RM-LoRA Table 1: LoRA R=4 "1.26M", R=8 "1.92M": encoder linears adapted, pooler and classifier trained
-    cfg = compose_cfg("experiment=rm_lora/deberta_glue", "task=glue/rte", f"method.r={r}", "dry_run=true")
+    cfg = compose_cfg(
+        "experiment=rm_lora/deberta_glue", "task=glue/rte", "method=rm_lora", f"method.r={r}", "dry_run=true"
+    )
     assert dry_run(make_plan(cfg))["trainable_params"] == trainable
 
 
@@ -119,3 +123,14 @@ def test_run_records_rank_and_orthogonality(tmp_path, tiny_glue):
         "delta_rank", "delta_orthogonality_loss", "mean_delta_rank", "mean_delta_orthogonality_loss",
     }  # fmt: skip
     assert 1 <= result["method_metrics"]["mean_delta_rank"] <= 4
+
+
+@pytest.mark.parametrize(("r", "trainable"), [(8, 1_328_642), (4, 665_090)])
+def test_deberta_squad_counts_of_table2(r, trainable):
+    # RM-LoRA Table 2 (DeBERTa-v3-base, SQuAD): LoRA / RM-LoRA R=8 "1.33M", R=4 "0.67M": encoder linears adapted,
+    # the span head (qa_outputs, 768 x 2 + 2) trained. Counted on the meta device with the QA model class.
+    plan = make_plan(compose_cfg("model=deberta-v3-base", "task=bare"))
+    model, _ = build_model(plan.model, "question_answering", device="meta")
+    encoder = [r".*encoder\.layer\.\d+\..*(query_proj|key_proj|value_proj|dense)"]
+    Lora(LoraConfig(r=r)).attach(model, encoder, head_modules(plan.model, "question_answering"))
+    assert count_parameters(model)["trainable_params"] == trainable

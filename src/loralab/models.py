@@ -25,6 +25,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -64,7 +65,7 @@ FAMILIES: dict[str, Family] = {
     ),
     "deberta": Family(
         {"D": _ENCODER_D, "A": (r".*\.(query_proj|key_proj|value_proj)",)},
-        {"sequence_classification": ("classifier",)},
+        {"sequence_classification": ("classifier",), "question_answering": ("qa_outputs",)},
         "base",
     ),
     # T5: LoRA-Mini Tables 3-4 and 13-14 count q, k, v, the feed-forward wi/wo and lm_head (t5-small r=8 a=b=16:
@@ -86,6 +87,7 @@ MODEL_CLASSES = {
     "sequence_classification": AutoModelForSequenceClassification,
     "seq2seq_lm": AutoModelForSeq2SeqLM,
     "causal_lm": AutoModelForCausalLM,
+    "question_answering": AutoModelForQuestionAnswering,  # span heads (SQuAD): counting now, the task is issue 5's
     "base": AutoModel,
 }
 
