@@ -82,3 +82,33 @@ def test_iterations_and_rolora_phases_do_not_mix(tmp_path):
                       "trainer.iterations=2", "logger.mode=disabled")  # fmt: skip
     with pytest.raises(ValueError, match="leave trainer.iterations at 1"):
         run(cfg, tmp_path)
+
+
+def test_sora_as_sparsify(tmp_path, tiny_glue):
+    # RoLoRA^B (Table 5): SoRA's gates decide the survivors; EXTEND works on its (A, gate, B) chain too
+    plan = make_plan(compose_cfg("model=tiny-bert", "task=glue/rte", "method=rolora", "method.init_r=4",
+                                 "method.target_r=4", "method.sparsify=sora"))  # fmt: skip
+    torch.manual_seed(0)
+    model = build(plan)[0].eval()
+    layer = next(iter(adapter_layers(model).values()))
+    assert [f.name for f in layer.specs] == ["A", "gate", "B"]
+    with torch.no_grad():
+        for x in adapter_layers(model).values():
+            x.factors["B"].normal_()
+            x.factors["gate"].copy_(torch.tensor([0.5, 0.0, 0.0, -2.0]))
+    ids = torch.randint(5, 200, (2, 9))
+    before = model(input_ids=ids).logits
+    for x in adapter_layers(model).values():
+        resize_triplets(x, 6)
+    torch.testing.assert_close(model(input_ids=ids).logits, before, atol=1e-6, rtol=0)
+
+    cfg = compose_cfg(
+        "model=tiny-bert", "task=glue/rte", "method=rolora", "method.init_r=4", "method.target_r=4",
+        "method.sparsify=sora", "method.xi=0.3", "method.iterations=2", f"task.data_dir={tiny_glue}",
+        "trainer.epochs=2", "logger.mode=disabled", "trainer.progress=false",
+    )  # fmt: skip
+    m = run(cfg, tmp_path / "run")["method_metrics"]
+    assert m["max_allocated"] <= m["budget"] and len(m["rank_history"]) == 2
+    # the output keeps the surviving gates (a module with none keeps one zero-gated component)
+    assert all(m["rank"][n] <= m["rank_history"][-1][n] for n in m["rank"])
+    assert sum(m["rank"].values()) < m["budget"]  # N(0, 1) gates, threshold 0.3 per step: some are pruned

@@ -19,12 +19,19 @@ class RoloraConfig(AdaLoraConfig):
     output ranks of Table 4). AdaLoRA never holds more than the current allocation, so the budget holds at every
     step, inside SPARSIFY too.
 
+    ``sparsify=sora`` (Table 5's RoLoRA^B) uses SoRA as SPARSIFY instead: a gated adapter whose gates are
+    soft-thresholded by ``xi`` (or ``xi * lr`` with ``multiply_lr``); its survivors are the non-zero gates. SoRA's
+    pruning is set by the threshold, not by ``mu_t``, so the mu schedule does not apply to it.
+
     Choices where the paper is silent: rounding keeps ``r_i >= s_i`` and ``>= 1`` and trims the largest excess
-    when the rounded sum exceeds K R; each phase trains ``trainer.epochs`` epochs with a fresh optimizer.
-    SPARSIFY = SoRA is not implemented yet.
+    when the rounded sum exceeds K R; each phase trains ``trainer.epochs`` epochs with a fresh optimizer; new
+    components start with input row and output column ~ N(0, 0.02) and a zero diagonal entry.
     """
 
     name: str = "rolora"
     init_r: int = 8
     target_r: int = 8
     iterations: int = 3
+    sparsify: str = "adalora"
+    xi: float = 1.0e-3
+    multiply_lr: bool = False

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -7,6 +9,7 @@ from loralab.adapters import AdapterLinear, Factor
 from loralab.methods.adalora.method import AdaLora
 from loralab.methods.base import register
 from loralab.methods.rolora.config import RoloraConfig
+from loralab.methods.sora import Sora, SoraConfig
 
 
 def move_ranks(current: list[int], survived: list[int], average: int, gamma: float) -> list[int]:
@@ -24,26 +27,41 @@ def move_ranks(current: list[int], survived: list[int], average: int, gamma: flo
 
 @torch.no_grad()
 def resize_triplets(layer: AdapterLinear, new_rank: int) -> None:
-    """EXTEND (or compact): keep the triplets whose lambda is non-zero, add new ones with lambda = 0."""
-    q, e, p = layer.factors["Q"], layer.factors["E"], layer.factors["P"]
-    keep = torch.nonzero(e != 0).flatten()
+    """EXTEND (or compact) a ``[in matrix, diagonal, out matrix]`` chain (AdaLoRA's Q, lambda, P; SoRA's A, gate, B).
+
+    Components whose diagonal entry is non-zero keep their trained weights; new ones get an input row and an output
+    column ~ N(0, 0.02) and a zero diagonal entry, so the adapter's output is unchanged.
+    """
+    first, diag, last = layer.specs
+    a, d, b = (layer.factors[f.name] for f in layer.specs)
+    keep = torch.nonzero(d != 0).flatten()
     if len(keep) > new_rank:
-        raise ValueError(f"cannot resize to rank {new_rank}: {len(keep)} triplets are active")
+        raise ValueError(f"cannot resize to rank {new_rank}: {len(keep)} components are active")
     extra = new_rank - len(keep)
-    new_q = torch.cat([q[keep], torch.randn(extra, q.shape[1], device=q.device) * 0.02])
-    new_e = torch.cat([e[keep], torch.zeros(extra, device=e.device)])
-    new_p = torch.cat([p[:, keep], torch.randn(p.shape[0], extra, device=p.device) * 0.02], dim=1)
-    layer.factors["Q"], layer.factors["E"], layer.factors["P"] = (nn.Parameter(t) for t in (new_q, new_e, new_p))
+    new = {
+        first.name: torch.cat([a[keep], torch.randn(extra, a.shape[1], device=a.device) * 0.02]),
+        diag.name: torch.cat([d[keep], torch.zeros(extra, device=d.device)]),
+        last.name: torch.cat([b[:, keep], torch.randn(b.shape[0], extra, device=b.device) * 0.02], dim=1),
+    }
+    for name, t in new.items():
+        layer.factors[name] = nn.Parameter(t)
     layer.specs = (
-        Factor("Q", "matrix", q.shape[1], new_rank, init="normal:0.02"),
-        Factor("E", "diag", new_rank, new_rank, init="zeros"),
-        Factor("P", "matrix", new_rank, p.shape[0], init="normal:0.02"),
+        replace(first, out_dim=new_rank),
+        replace(diag, in_dim=new_rank, out_dim=new_rank),
+        replace(last, in_dim=new_rank),
     )
     layer._split = layer._plan_split()
 
 
+def _diagonal(layer: AdapterLinear) -> torch.Tensor:
+    """The middle (rank-selecting) factor of a ``[in, diagonal, out]`` chain: AdaLoRA's lambda, SoRA's gate."""
+    return layer.factors[layer.specs[1].name]
+
+
 @register("rolora", RoloraConfig)
 class Rolora(AdaLora):
+    """RoLoRA around a SPARSIFY operator: AdaLoRA (inherited) or SoRA (delegated to a :class:`Sora`)."""
+
     cfg: RoloraConfig
 
     def __init__(self, cfg: RoloraConfig) -> None:
@@ -52,7 +70,13 @@ class Rolora(AdaLora):
                              f"{cfg.target_r}")  # fmt: skip
         if cfg.iterations < 1:
             raise ValueError(f"rolora: iterations must be >= 1, got {cfg.iterations}")
+        if cfg.sparsify not in ("adalora", "sora"):
+            raise ValueError(f"rolora: sparsify must be adalora or sora, got {cfg.sparsify!r}")
         super().__init__(cfg)
+        self.sora = None
+        if cfg.sparsify == "sora":
+            self.sora = Sora(SoraConfig(r=cfg.init_r, alpha=cfg.alpha, dropout=cfg.dropout, xi=cfg.xi,
+                                        multiply_lr=cfg.multiply_lr))  # fmt: skip
         self.mu = cfg.target_r / 2
         self.rank_history: list[dict[str, int]] = []
         self.allocated_max = 0  # the largest sum of allocated ranks seen at any step
@@ -61,26 +85,40 @@ class Rolora(AdaLora):
     def phases(self) -> int:
         return self.cfg.iterations
 
+    # --- SPARSIFY: AdaLoRA's hooks, or SoRA's --------------------------------------------------------------
+    def factors(self, module_name: str, in_features: int, out_features: int) -> list[Factor]:
+        return (self.sora or super()).factors(module_name, in_features, out_features)
+
+    def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
+        return (self.sora or super()).extra_loss(model, step)
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        (self.sora or super()).after_backward(model, step)
+
     def allocated(self, model: nn.Module) -> dict[str, int]:
-        return {n: layer.factors["E"].numel() for n, layer in self.layers(model).items()}
+        return {n: _diagonal(layer).numel() for n, layer in self.layers(model).items()}
 
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
-        super().on_train_start(model, optimizer, total_steps)
-        ranks = self.allocated(model)
-        self.totals = (sum(ranks.values()), round(self.mu * len(ranks)))  # SPARSIFY from the current ranks
+        if self.sora is not None:
+            self.sora.on_train_start(model, optimizer, total_steps)
+        else:
+            super().on_train_start(model, optimizer, total_steps)
+            ranks = self.allocated(model)
+            self.totals = (sum(ranks.values()), round(self.mu * len(ranks)))  # SPARSIFY from the current ranks
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
-        super().after_optimizer_step(model, step)
+        (self.sora or super()).after_optimizer_step(model, step)
         self.allocated_max = max(self.allocated_max, sum(self.allocated(model).values()))
 
+    # --- RoLoRA's own step ---------------------------------------------------------------------------------
     def on_phase_end(self, model: nn.Module, phase: int) -> None:
         layers = self.layers(model)
-        survived = {n: int((layer.factors["E"] != 0).sum()) for n, layer in layers.items()}
+        survived = {n: int((_diagonal(layer) != 0).sum()) for n, layer in layers.items()}
         current = self.allocated(model)
         names = list(layers)
         t = phase + 1
         if t == self.cfg.iterations:
-            new = [max(survived[n], 1) for n in names]  # output: the surviving triplets
+            new = [max(survived[n], 1) for n in names]  # output: the surviving components
         else:
             new = move_ranks([current[n] for n in names], [survived[n] for n in names], self.cfg.target_r, 1 / t)
             self.mu *= 1 + 1 / (self.cfg.iterations + t)
@@ -88,9 +126,13 @@ class Rolora(AdaLora):
             resize_triplets(layers[n], r)
         self.rank_history.append(dict(zip(names, new, strict=True)))
 
+    @torch.no_grad()
     def final_metrics(self, model: nn.Module) -> dict:
+        ranks = {n: int((_diagonal(layer) != 0).sum()) for n, layer in self.layers(model).items()}
         return {
-            **super().final_metrics(model),
+            "rank": ranks,
+            "mean_rank": sum(ranks.values()) / max(len(ranks), 1),
+            "budget_log": self.budget_log,
             "rank_history": self.rank_history,
             "max_allocated": self.allocated_max,
             "budget": self.cfg.target_r * len(self.layers(model)),
