@@ -153,7 +153,7 @@ def train(
     eval_loaders = dict(zip(eval_loaders, evals, strict=True))
     method.on_train_start(model, optimizer, total)  # hook: before the first step
 
-    step, best, best_value, stale, history = 0, None, -math.inf, 0, []
+    step, best_value, stale, history = 0, -math.inf, 0, []
     bar = tqdm(total=total, desc="train", disable=not tr.progress or not accelerator.is_main_process)
     model.train()
     for epoch in range(1, tr.epochs + 1):
@@ -194,18 +194,14 @@ def train(
         }
         history.append(record)
         value = metrics[plan.task.main_metric]
-        is_best = value > best_value
-        if is_best:
-            best, best_value, stale = record, value, 0
-        else:
-            stale += 1
+        best_value, stale = (value, 0) if value > best_value else (best_value, stale + 1)  # for early stopping
         log.info("epoch %d: %s", epoch, json.dumps(record))
         on_epoch(record)
         method.on_epoch_end(model, epoch)  # hook: epoch boundary
         if step >= total or (tr.early_stopping_patience and stale >= tr.early_stopping_patience):
             break
     bar.close()
-    return {"epochs": history, "best": best, "steps": step}
+    return {"epochs": history, "steps": step}
 
 
 # --------------------------------------------------------------------------------------------------------------
