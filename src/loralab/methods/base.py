@@ -77,8 +77,8 @@ class Method:
 
     # --- hook points of the training loop (defaults do nothing) ---------------------------------------------
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
-        """Runs once, after the optimizer is built (methods that manage optimizer state keep a reference);
-        ``total_steps``: the optimizer steps the run will take (for schedules)."""
+        """Runs at the start of each training phase, after its optimizer is built (methods that manage optimizer
+        state keep a reference); ``total_steps``: the optimizer steps the phase will take (for schedules)."""
 
     def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
         """A term added to the task loss before backward (e.g. an orthogonality regulariser)."""
