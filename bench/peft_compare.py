@@ -120,13 +120,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--cases", nargs="*", default=list(CASES), help="a subset of the cases (default: all)")
     ap.add_argument("--one", nargs=2, metavar=("CASE", "LIBRARY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(measure(*args.one, args.device, args.batch, args.seq, args.steps, args.warmup)))
         return
     rows = []
-    for case in CASES:
+    for case in args.cases:
         for library in ("loralab", "peft") if case in PEFT_CASES else ("loralab",):
             sizes = ["--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps)]
             cmd = [sys.executable, __file__, "--one", case, library, "--device", args.device, *sizes,

@@ -575,3 +575,21 @@ def test_adapted_t5_runs_forward_and_backward():
     ids = torch.randint(5, 200, (2, 7))
     model(input_ids=ids, labels=ids).loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("chain", ["lora_mini", "diagonals"])
+def test_autocast_bf16_matches_float32(chain):
+    # under autocast the factors are applied without casting activations to float32 first (the GPU fast path)
+    torch.manual_seed(0)
+    if chain == "lora_mini":
+        factors = LoraMini(LoraMiniConfig(r=4, a=16, b=16)).factors("m", 32, 24)
+    else:
+        factors = [Factor("A", "matrix", 32, 8), Factor("u", "diag", 8, 8, init="const:0.5"),
+                   Factor("B", "matrix", 8, 24), Factor("v", "diag", 24, 24, init="ones")]  # fmt: skip
+    layer = AdapterLinear(nn.Linear(32, 24), factors, scaling=1.0)
+    x = torch.randn(5, 32)
+    exact = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = layer(x)
+    assert fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), exact, rtol=3e-2, atol=3e-2)

@@ -265,12 +265,18 @@ class AdapterLinear(nn.Module):
         """``scaling * F_n(...F_1(dropout(x)))``: the adapter's contribution, without the base layer."""
         h = self.dropout(x)
         chain = list(self.chain())
+        # under autocast the matmuls pick their own dtype: casting activations to the factors' float32 first would
+        # only add two casts per factor; without autocast, activations follow the factors' dtype
+        autocast = torch.is_autocast_enabled(h.device.type)
         if self._split is None:
             for f, t in chain:
-                h = h * t if f.kind == "diag" else F.linear(h.to(t.dtype), t)
+                if f.kind == "diag":
+                    h = h * t.to(h.dtype)
+                else:
+                    h = F.linear(h if autocast else h.to(t.dtype), t)
         else:
             left, right = _product(chain[: self._split]), _product(chain[self._split :])
-            h = F.linear(F.linear(h.to(left.dtype), left), right)
+            h = F.linear(F.linear(h if autocast else h.to(left.dtype), left), right)
         return h * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
