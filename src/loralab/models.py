@@ -114,6 +114,11 @@ class ModelConfig:
     gguf_file: str | None = None
 
 
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` forbids the hub (then hub ids are not tried at all)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+
+
 def family(cfg: ModelConfig) -> Family:
     if cfg.family not in FAMILIES:
         raise ValueError(f"model {cfg.name}: unknown family {cfg.family!r}; known: {sorted(FAMILIES)}")
@@ -186,7 +191,7 @@ def _pretrained_sources(cfg: ModelConfig, what: str) -> list[tuple[str, dict[str
             )
         except ImportError:
             log.warning("model %s: package %s (for its %s) is not installed", cfg.name, cfg.package, what)
-    if cfg.hub_id and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false"):
+    if cfg.hub_id and not hub_offline():
         sources.append((cfg.hub_id, {}))
     return sources
 

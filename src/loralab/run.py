@@ -273,32 +273,31 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     wandb_run = _wandb_init(plan, resolved, output_dir)
     log.info("%s on %s with %s: %s", plan.model.name, plan.task.name, plan.method.name, counts)
 
-    best: dict[str, Any] = {"record": None, "state": None, "steps_before": 0}
+    restarts = plan.trainer.iterations > 1  # LoRA* / AdaLoRA*: each run starts from the best checkpoint so far
+    best: dict[str, Any] = {"record": None, "adapter": None}  # the best epoch over all phases
+    steps_before = 0  # optimizer steps of the finished phases (W&B needs one increasing step)
 
     def on_epoch(record: dict) -> None:
         if wandb_run is not None:
-            wandb_run.log(record, step=best["steps_before"] + record["step"])
+            wandb_run.log(record, step=steps_before + record["step"])
         if best["record"] is None or record[plan.task.main_metric] > best["record"][plan.task.main_metric]:
             best["record"] = record
+            unwrapped = accelerator.unwrap_model(model)
             if restarts:
-                best["state"] = {k: t.clone() for k, t in adapter_state_dict(accelerator.unwrap_model(model)).items()}
+                best["adapter"] = {k: t.clone() for k, t in adapter_state_dict(unwrapped).items()}
             if plan.trainer.save_adapter and plan.method.saves_adapter:
                 meta = {"phase": str(record["phase"]), "epoch": str(record["epoch"])}
-                save_adapter(accelerator.unwrap_model(model), output_dir / "adapter.safetensors", meta)
+                save_adapter(unwrapped, output_dir / "adapter.safetensors", meta)
 
-    restarts = plan.trainer.iterations > 1
-    phases = []
+    epochs = []
     for phase in range(max(plan.method.phases, plan.trainer.iterations)):
-        phases.append(train(plan, model, data, tokenizer, accelerator, on_epoch, phase))
-        best["steps_before"] += phases[-1]["steps"]
+        finished = train(plan, model, data, tokenizer, accelerator, on_epoch, phase)
+        epochs += finished["epochs"]
+        steps_before += finished["steps"]
         plan.method.on_phase_end(accelerator.unwrap_model(model), phase)  # hook: between phases
-        if restarts:  # LoRA* / AdaLoRA*: the next run starts from the best checkpoint so far
-            load_adapter_state(accelerator.unwrap_model(model), best["state"])
-    history = {
-        "epochs": [e for p in phases for e in p["epochs"]],
-        "best": best["record"],
-        "steps": best["steps_before"],
-    }
+        if restarts:
+            load_adapter_state(accelerator.unwrap_model(model), best["adapter"])
+    history = {"epochs": epochs, "best": best["record"], "steps": steps_before}
     method_metrics = plan.method.final_metrics(accelerator.unwrap_model(model))
     result = {
         "status": "finished",

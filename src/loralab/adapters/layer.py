@@ -14,7 +14,7 @@ state dict, once in the optimizer and once in the parameter count.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +58,7 @@ class Factor:
             raise ValueError(f"factor {self.name!r}: a diagonal needs in_dim == out_dim")
         if min(self.in_dim, self.out_dim) < 1:
             raise ValueError(f"factor {self.name!r}: dimensions must be >= 1, got {self.in_dim}x{self.out_dim}")
-        if self.init not in INITS and _parametrised(self.init) is None:
+        if _initializer(self.init) is None:
             raise ValueError(
                 f"factor {self.name!r}: unknown init {self.init!r}; choose from {sorted(INITS)}, 'const:<value>' "
                 "or 'normal:<std>'"
@@ -85,15 +85,6 @@ class Factor:
         return self.in_dim if self.cols is None else self.cols[1] - self.cols[0]
 
 
-def _parametrised(init: str) -> tuple[str, float] | None:
-    """``const:<value>`` or ``normal:<std>`` as (kind, number), else None."""
-    kind, _, number = init.partition(":")
-    try:
-        return (kind, float(number)) if kind in ("const", "normal") and math.isfinite(float(number)) else None
-    except ValueError:
-        return None
-
-
 def _kaiming_uniform(t: torch.Tensor, generator: torch.Generator | None) -> None:
     # nn.Linear's default (and LoRA's A): kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     bound = 1.0 / math.sqrt(t.shape[-1])
@@ -108,6 +99,20 @@ INITS = {
 }
 
 
+def _initializer(init: str) -> Callable[[torch.Tensor, torch.Generator | None], object] | None:
+    """The function an init name stands for: a name in ``INITS``, ``const:<value>`` or ``normal:<std>``."""
+    if init in INITS:
+        return INITS[init]
+    kind, _, number = init.partition(":")
+    try:
+        value = float(number)
+    except ValueError:
+        return None
+    if not math.isfinite(value) or kind not in ("const", "normal"):
+        return None
+    return (lambda t, g: t.fill_(value)) if kind == "const" else (lambda t, g: t.normal_(0.0, value, generator=g))
+
+
 def new_factor_tensor(factor: Factor, device: torch.device | str | None = None) -> nn.Parameter:
     """A freshly initialised parameter for ``factor`` (float32, ``requires_grad`` = ``factor.trainable``)."""
     if str(device) == "meta":
@@ -115,13 +120,7 @@ def new_factor_tensor(factor: Factor, device: torch.device | str | None = None) 
     t = torch.empty(factor.shape, dtype=torch.float32)
     generator = None if factor.seed is None else torch.Generator().manual_seed(factor.seed)
     with torch.no_grad():
-        special = _parametrised(factor.init)
-        if special is None:
-            INITS[factor.init](t, generator)
-        elif special[0] == "const":
-            t.fill_(special[1])
-        else:
-            t.normal_(0.0, special[1], generator=generator)
+        _initializer(factor.init)(t, generator)
     return nn.Parameter(t.to(device), requires_grad=factor.trainable)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from loralab.data.glue import GLUE_TASKS, Example, GlueTask, load_glue
+from loralab.models import hub_offline
 
 
 @dataclass
@@ -27,7 +27,7 @@ def _data_dir(task) -> str | None:
         raise ValueError(f"task.source must be auto, local or hub, got {task.source!r}")
     exists = task.data_dir is not None and Path(task.data_dir).is_dir()
     if task.source == "hub" or (task.source == "auto" and not exists):
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        if hub_offline():
             raise FileNotFoundError(
                 f"task {task.name}: data folder {task.data_dir!r} does not exist and HF_HUB_OFFLINE is set, so the "
                 "hub dataset cannot be used; set task.data_dir or LORALAB_GLUE_DIR to a glue_data folder"

@@ -96,44 +96,43 @@ class AdaLora(Method):
         return scores
 
     @torch.no_grad()
-    def mask_to_budget(self, model: nn.Module, budget: int) -> dict[str, torch.Tensor]:
-        """Zero every lambda outside the global top-``budget`` triplet scores; returns the kept masks."""
-        scores = self.triplet_scores(model)
+    def mask_to_budget(self, model: nn.Module, step: int) -> dict[str, torch.Tensor]:
+        """Zero every lambda outside the global top-b(step) triplet scores; logs and returns the kept masks."""
+        scores, budget = self.triplet_scores(model), self.budget(step, len(self.layers(model)))
         if not scores:
             return {}
         flat = torch.cat(list(scores.values()))
         threshold = torch.topk(flat, min(budget, flat.numel())).values[-1] if budget > 0 else float("inf")
         keep = {n: s >= threshold for n, s in scores.items()}
+        self._apply(model, keep)
+        self.budget_log.append((step, budget, int(sum(int(k.sum()) for k in keep.values()))))
+        return keep
+
+    def _apply(self, model: nn.Module, keep: dict[str, torch.Tensor]) -> None:
         layers = self.layers(model)
         for n, k in keep.items():
             layers[n].factors["E"].masked_fill_(~k, 0.0)
-        return keep
 
     @torch.no_grad()
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
-        cfg, modules = self.cfg, len(self.layers(model))
+        cfg = self.cfg
         if step < cfg.t_init:
             return
         if step < self.total_steps - cfg.t_final:
             if (step - cfg.t_init) % cfg.delta_t == 0:
-                keep = self.mask_to_budget(model, self.budget(step, modules))
-                self.budget_log.append(
-                    (step, self.budget(step, modules), int(sum(int(k.sum()) for k in keep.values())))
-                )
-            return
-        if self.final_mask is None:
-            self.final_mask = self.mask_to_budget(model, self.budget(step, modules))
-            self.budget_log.append(
-                (step, self.budget(step, modules), int(sum(int(k.sum()) for k in self.final_mask.values())))
-            )
+                self.mask_to_budget(model, step)
+        elif self.final_mask is None:
+            self.final_mask = self.mask_to_budget(model, step)
         elif cfg.final_remask:
-            layers = self.layers(model)
-            for n, k in self.final_mask.items():
-                layers[n].factors["E"].masked_fill_(~k, 0.0)
+            self._apply(model, self.final_mask)
 
     @torch.no_grad()
+    def active_ranks(self, model: nn.Module) -> dict[str, int]:
+        """Per adapter: the triplets whose lambda is non-zero."""
+        return {n: int((layer.factors["E"] != 0).sum()) for n, layer in self.layers(model).items()}
+
     def final_metrics(self, model: nn.Module) -> dict:
-        ranks = {n: int((layer.factors["E"] != 0).sum()) for n, layer in self.layers(model).items()}
+        ranks = self.active_ranks(model)
         return {
             "rank": ranks,
             "mean_rank": sum(ranks.values()) / max(len(ranks), 1),

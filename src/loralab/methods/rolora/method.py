@@ -113,7 +113,7 @@ class Rolora(AdaLora):
     # --- RoLoRA's own step ---------------------------------------------------------------------------------
     def on_phase_end(self, model: nn.Module, phase: int) -> None:
         layers = self.layers(model)
-        survived = {n: int((_diagonal(layer) != 0).sum()) for n, layer in layers.items()}
+        survived = self.active_ranks(model)
         current = self.allocated(model)
         names = list(layers)
         t = phase + 1
@@ -127,12 +127,13 @@ class Rolora(AdaLora):
         self.rank_history.append(dict(zip(names, new, strict=True)))
 
     @torch.no_grad()
+    def active_ranks(self, model: nn.Module) -> dict[str, int]:
+        """Per adapter: the components whose diagonal entry (lambda or gate) is non-zero."""
+        return {n: int((_diagonal(layer) != 0).sum()) for n, layer in self.layers(model).items()}
+
     def final_metrics(self, model: nn.Module) -> dict:
-        ranks = {n: int((_diagonal(layer) != 0).sum()) for n, layer in self.layers(model).items()}
         return {
-            "rank": ranks,
-            "mean_rank": sum(ranks.values()) / max(len(ranks), 1),
-            "budget_log": self.budget_log,
+            **super().final_metrics(model),
             "rank_history": self.rank_history,
             "max_allocated": self.allocated_max,
             "budget": self.cfg.target_r * len(self.layers(model)),
