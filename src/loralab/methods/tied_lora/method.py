@@ -64,7 +64,7 @@ class TiedLora(Method):
                 self.slots[n] = _Slot(group, (offset, offset + d_out), sum(o for _, o in dims), d_in)
                 offset += d_out
             shapes.add((dims[0][0], offset, len({i for i, _ in dims})))
-        if self.tied and len(shapes) != 1 or any(k != 1 for *_, k in shapes):
+        if (self.tied and len(shapes) != 1) or any(k != 1 for *_, k in shapes):
             raise ValueError(
                 f"tied_lora ties A and B across layers: every attention block must have one input size and the same "
                 f"fused output size, got (d_in, fused_out) {sorted(s[:2] for s in shapes)}; check method.targets"
