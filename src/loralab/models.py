@@ -25,6 +25,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForImageClassification,
     AutoModelForQuestionAnswering,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
@@ -54,13 +55,13 @@ FAMILIES: dict[str, Family] = {
     # BERT: attention.output.dense, intermediate.dense, output.dense and pooler.dense; head: classifier.
     "bert": Family(
         {"D": _ENCODER_D, "A": (r".*\.(query|key|value)",)},
-        {"sequence_classification": ("classifier",)},
+        {"sequence_classification": ("classifier",), "question_answering": ("qa_outputs",)},
         "base",
     ),
     # RoBERTa: the three per-layer denses plus classifier.dense (no pooler); head: classifier.out_proj.
     "roberta": Family(
         {"D": _ENCODER_D, "A": (r".*\.(query|key|value)",)},
-        {"sequence_classification": (r"classifier\.out_proj",)},
+        {"sequence_classification": (r"classifier\.out_proj",), "question_answering": ("qa_outputs",)},
         "base",
     ),
     "deberta": Family(
@@ -73,7 +74,7 @@ FAMILIES: dict[str, Family] = {
     "t5": Family({"D": (r".*\.(wi|wi_0|wi_1|wo)", "lm_head"), "A": (r".*\.(q|k|v)",)}, {}, "seq2seq_lm"),
     "gpt2": Family(
         {"D": (r".*\.(c_fc|c_proj)",), "A": (r".*\.c_attn",)},
-        {"sequence_classification": ("score",)},
+        {"sequence_classification": ("score",), "question_answering": ("qa_outputs",)},
         "causal_lm",
     ),
     "llama": Family(
@@ -81,13 +82,21 @@ FAMILIES: dict[str, Family] = {
         {"sequence_classification": ("score",)},
         "causal_lm",
     ),
+    # ViT (transformers 5 module names): D = attention output and MLP, A = q/k/v projections; C = the classifier,
+    # the only module RM-LoRA adapts in its ViT experiments (section 5.2: "only the last classification layer").
+    "vit": Family(
+        {"D": (r".*\.(o_proj|fc1|fc2)",), "A": (r".*\.(q_proj|k_proj|v_proj)",), "C": ("classifier",)},
+        {"image_classification": ("classifier",)},
+        "base",
+    ),
 }
 
 MODEL_CLASSES = {
     "sequence_classification": AutoModelForSequenceClassification,
     "seq2seq_lm": AutoModelForSeq2SeqLM,
     "causal_lm": AutoModelForCausalLM,
-    "question_answering": AutoModelForQuestionAnswering,  # span heads (SQuAD): counting now, the task is issue 5's
+    "question_answering": AutoModelForQuestionAnswering,
+    "image_classification": AutoModelForImageClassification,
     "base": AutoModel,
 }
 
@@ -205,7 +214,8 @@ def build_model(
     """
     family(cfg)
     cls = MODEL_CLASSES[kind]
-    hf = _hf_config(cfg, num_labels if kind == "sequence_classification" else None)
+    labelled = kind in ("sequence_classification", "image_classification")
+    hf = _hf_config(cfg, num_labels if labelled else None)
     if str(device) == "meta":
         with torch.device("meta"):
             return cls.from_config(hf), "meta"
@@ -215,8 +225,8 @@ def build_model(
         errors = []
         for src, extra in _pretrained_sources(cfg, "weights"):
             try:
-                if kind == "sequence_classification":
-                    extra = {**extra, "num_labels": num_labels}
+                if labelled:
+                    extra = {**extra, "num_labels": num_labels, "ignore_mismatched_sizes": True}
                 return cls.from_pretrained(src, **extra), src
             except OSError as e:  # unreachable hub, missing files
                 errors.append(f"{src}: {str(e).splitlines()[0]}")
@@ -231,7 +241,7 @@ def build_model(
 
 def tiny_tokenizer() -> PreTrainedTokenizerBase:
     """A character-level WordPiece tokenizer needing no files (for the tiny test models; vocab < 256)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -239,6 +249,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",

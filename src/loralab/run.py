@@ -31,10 +31,9 @@ from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_wi
 
 from loralab.adapters import adapter_state_dict, count_parameters, load_adapter_state, save_adapter
 from loralab.config import PROJECT_ROOT, LoggerConfig, TaskConfig, TrainerConfig
-from loralab.data.tasks import Collator, TaskData, encode, glue_spec, load_task_data
 from loralab.methods import Method, MethodConfig, build_method
-from loralab.metrics import glue_metrics
 from loralab.models import ModelConfig, build_model, head_modules, load_tokenizer, model_kind, resolve_targets
+from loralab.tasks import Evaluation, Task, TaskData, build_task
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
@@ -50,6 +49,7 @@ class Plan:
     method: Method
     trainer: TrainerConfig
     logger: LoggerConfig
+    runner: Task | None = None  # the task's data and evaluation code (None for task=bare)
     targets: list[str] = field(default_factory=list)
     heads: list[str] = field(default_factory=list)
 
@@ -59,23 +59,19 @@ def make_plan(cfg: DictConfig) -> Plan:
     model_cfg: ModelConfig = OmegaConf.to_object(cfg.model)
     task_cfg: TaskConfig = OmegaConf.to_object(cfg.task)
     method = build_method(method_cfg)
-    if task_cfg.kind not in ("sequence_classification", "bare"):
-        raise ValueError(f"task {task_cfg.name}: unknown kind {task_cfg.kind!r}")
+    runner = build_task(task_cfg)
     targets = resolve_targets(model_cfg, method_cfg.targets, method_cfg.target_modules)
     heads = head_modules(model_cfg, model_kind(model_cfg, task_cfg.kind))
-    return Plan(
-        model_cfg, task_cfg, method, OmegaConf.to_object(cfg.trainer), OmegaConf.to_object(cfg.logger), targets, heads
-    )
-
-
-def num_labels(plan: Plan) -> int | None:
-    return glue_spec(plan.task).num_labels if plan.task.kind == "sequence_classification" else None
+    trainer, logger = OmegaConf.to_object(cfg.trainer), OmegaConf.to_object(cfg.logger)
+    return Plan(model_cfg, task_cfg, method, trainer, logger, runner, targets, heads)
 
 
 def build(plan: Plan, device: str = "cpu") -> tuple[nn.Module, str, list[str]]:
     """Backbone with the method attached; ``device="meta"`` builds it without weights."""
     kind = model_kind(plan.model, plan.task.kind)
-    model, source = build_model(plan.model, kind, num_labels(plan), device=device)
+    model, source = build_model(
+        plan.model, kind, None if plan.runner is None else plan.runner.num_labels, device=device
+    )
     hit = plan.method.attach(model, plan.targets, plan.heads)
     return model, source, hit
 
@@ -105,52 +101,27 @@ def _precision(trainer: TrainerConfig) -> str:
     return "bf16" if trainer.precision == "bf16" or (trainer.precision == "auto" and gpu_bf16) else "no"
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loaders: dict[str, DataLoader], data: TaskData, accelerator: Accelerator) -> dict:
-    """Metrics on every eval split; the first split's keys are bare, the others get ``_<split>`` appended."""
-    model.eval()
-    out: dict[str, float] = {}
-    for i, (split, loader) in enumerate(loaders.items()):
-        preds, labels = [], []
-        for batch in loader:
-            logits = model(**batch).logits
-            logits, lab = accelerator.gather_for_metrics((logits, batch["labels"]))
-            preds.append(logits.float().squeeze(-1) if data.spec.is_regression else logits.argmax(-1))
-            labels.append(lab)
-        metrics = glue_metrics(data.spec.name, torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy())
-        out.update({(k if i == 0 else f"{k}_{split}"): v for k, v in metrics.items()})
-    model.train()
-    return out
-
-
 def train(
     plan: Plan, model: nn.Module, data: TaskData, tokenizer, accelerator: Accelerator, on_epoch, phase: int = 0
 ) -> dict:
-    """The training loop (one phase). ``on_epoch(record)`` is called after each epoch's evaluation."""
-    tr, method = plan.trainer, plan.method
-    collate = Collator(tokenizer, data.spec.is_regression)
+    """The training loop (one phase). ``on_epoch(record, evaluation)`` is called after each epoch's evaluation."""
+    tr, method, task = plan.trainer, plan.method, plan.runner
     gen = torch.Generator().manual_seed(tr.seed)
     train_loader = DataLoader(
-        encode(data.train, tokenizer, plan.task.max_seq_length),
+        task.train_features(data, tokenizer),
         tr.batch_size,
         shuffle=True,
-        collate_fn=collate,
+        collate_fn=task.collator(tokenizer),
         generator=gen,
     )
-    eval_loaders = {
-        s: DataLoader(encode(ex, tokenizer, plan.task.max_seq_length), tr.eval_batch_size, collate_fn=collate)
-        for s, ex in data.evals.items()
-    }
+    eval_sets = task.eval_sets(data, tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
     steps_per_epoch = math.ceil(len(train_loader) / tr.grad_accum)
     total = min(tr.max_steps or sys.maxsize, steps_per_epoch * tr.epochs)
     warmup = tr.warmup_steps if tr.warmup_steps is not None else int(tr.warmup_ratio * total)
     scheduler = SCHEDULES[tr.schedule](optimizer, warmup, total)
-    model, optimizer, train_loader, scheduler, *evals = accelerator.prepare(
-        model, optimizer, train_loader, scheduler, *eval_loaders.values()
-    )
-    eval_loaders = dict(zip(eval_loaders, evals, strict=True))
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     method.on_train_start(model, optimizer, total)  # hook: before the first step
 
     step, best_value, stale, history = 0, -math.inf, 0, []
@@ -183,7 +154,10 @@ def train(
                 if step >= total:
                     break
         train_time = time.time() - started
-        metrics = evaluate(model, eval_loaders, data, accelerator)
+        model.eval()
+        evaluation = task.evaluate(model, eval_sets, tokenizer, accelerator, tr.eval_batch_size)
+        model.train()
+        metrics = evaluation.metrics
         record = {
             "phase": phase,
             "epoch": epoch,
@@ -196,7 +170,7 @@ def train(
         value = metrics[plan.task.main_metric]
         best_value, stale = (value, 0) if value > best_value else (best_value, stale + 1)  # for early stopping
         log.info("epoch %d: %s", epoch, json.dumps(record))
-        on_epoch(record)
+        on_epoch(record, evaluation)
         method.on_epoch_end(model, epoch)  # hook: epoch boundary
         if step >= total or (tr.early_stopping_patience and stale >= tr.early_stopping_patience):
             break
@@ -257,12 +231,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             f"{plan.method.name} runs {plan.method.phases} phases of its own: leave trainer.iterations at 1"
         )
     build(plan, device="meta")  # adapter shapes and target patterns checked before loading anything
-    data = load_task_data(plan.task)  # data errors before any weights are loaded
+    data = plan.runner.load()  # data errors before any weights are loaded
     start = time.time()
     set_seed(plan.trainer.seed)
-    tokenizer = load_tokenizer(plan.model)
+    tokenizer = None if plan.runner.model_kind == "image_classification" else load_tokenizer(plan.model)
     model, weights_source, targets = build(plan)
-    if getattr(model.config, "pad_token_id", 0) is None:
+    if tokenizer is not None and getattr(model.config, "pad_token_id", 0) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     counts = count_parameters(model)
     accelerator = Accelerator(
@@ -277,7 +251,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     best: dict[str, Any] = {"record": None, "adapter": None}  # the best epoch over all phases
     steps_before = 0  # optimizer steps of the finished phases (W&B needs one increasing step)
 
-    def on_epoch(record: dict) -> None:
+    def on_epoch(record: dict, evaluation: Evaluation) -> None:
         if wandb_run is not None:
             wandb_run.log(record, step=steps_before + record["step"])
         if best["record"] is None or record[plan.task.main_metric] > best["record"][plan.task.main_metric]:
@@ -288,6 +262,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             if plan.trainer.save_adapter and plan.method.saves_adapter:
                 meta = {"phase": str(record["phase"]), "epoch": str(record["epoch"])}
                 save_adapter(unwrapped, output_dir / "adapter.safetensors", meta)
+            for split, rows in evaluation.outputs.items():  # generated / extracted answers of the best epoch
+                with open(output_dir / f"predictions_{split}.jsonl", "w") as f:
+                    f.writelines(json.dumps(row) + "\n" for row in rows)
 
     epochs = []
     for phase in range(max(plan.method.phases, plan.trainer.iterations)):
@@ -314,6 +291,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "data_source": data.source,
         "num_train_examples": len(data.train),
         "num_eval_examples": {k: len(v) for k, v in data.evals.items()},
+        "data_stats": data.stats,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
         "wall_time_s": round(time.time() - start, 3),
@@ -340,5 +318,5 @@ def _wandb_init(plan: Plan, resolved: dict, output_dir: Path):
         config=resolved,
         mode=plan.logger.mode,
         dir=str(output_dir),
-        name=f"{plan.model.name}-{plan.task.name}-{plan.method.name}",
+        name=plan.logger.name or f"{plan.model.name}-{plan.task.name}-{plan.method.name}",
     )

@@ -1,0 +1,127 @@
+"""What every task provides to the loop: its data, training features, a collator and an evaluation.
+
+A task is built from its config (``build_task``) before anything is loaded, so bad settings fail early. The run
+then calls, in order: ``load()`` (records of every split, checked), ``train_features(records, tokenizer)``,
+``collator(tokenizer)``, ``eval_sets(evals, tokenizer)`` once, and ``evaluate(model, eval_sets, ...)`` after each
+epoch. Records follow the hub dataset's layout whichever source they came from (see ``loralab.data.readers``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from accelerate import Accelerator
+from torch import nn
+
+from loralab.config import TaskConfig
+from loralab.data.readers import read_hub, read_local, split_by_article
+from loralab.models import hub_offline
+
+
+@dataclass
+class TaskData:
+    """Records of the training split and of each evaluation split, and where they came from."""
+
+    train: list[Any]
+    evals: dict[str, list[Any]]
+    source: str
+    stats: dict[str, Any] = field(default_factory=dict)  # e.g. truncated examples, filled by the features step
+
+
+@dataclass
+class Evaluation:
+    """Metrics (the first split's keys bare, the others suffixed ``_<split>``) and per-example outputs."""
+
+    metrics: dict[str, float]
+    outputs: dict[str, list[dict]] = field(default_factory=dict)
+
+
+class Task:
+    """Base class. Subclasses set ``model_kind`` and ``metrics`` and implement the data and evaluation steps."""
+
+    model_kind: ClassVar[str]
+    metrics: tuple[str, ...] = ()
+    num_labels: int | None = None
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        self.cfg = cfg
+        if cfg.source not in ("auto", "local", "hub"):
+            raise ValueError(f"task {cfg.name}: task.source must be auto, local or hub, got {cfg.source!r}")
+        if cfg.protocol not in (None, "dev_by_article"):
+            raise ValueError(f"task {cfg.name}: unknown task.protocol {cfg.protocol!r}; known: dev_by_article")
+        if cfg.main_metric not in self.metrics:
+            raise ValueError(f"task {cfg.name}: main_metric {cfg.main_metric!r} is not one of {self.metrics}")
+
+    # ---- data ----------------------------------------------------------------------------------------------
+    def data_dir(self) -> str | None:
+        """The local folder to read, or None for the hub (``task.source``: auto, local or hub)."""
+        cfg = self.cfg
+        exists = cfg.data_dir is not None and Path(cfg.data_dir).is_dir()
+        if cfg.source == "hub" or (cfg.source == "auto" and not exists):
+            if hub_offline():
+                raise FileNotFoundError(
+                    f"task {cfg.name}: data folder {cfg.data_dir!r} does not exist and HF_HUB_OFFLINE is set, so "
+                    f"the hub dataset cannot be used; set task.data_dir (or LORALAB_ASSETS) to a local copy"
+                )
+            return None
+        return cfg.data_dir
+
+    def read_splits(self) -> tuple[dict[str, list[Any]], str]:
+        """All splits as records, and a description of the source (local folder or hub id, and the protocol)."""
+        data_dir = self.data_dir()
+        if data_dir is None:
+            return read_hub(self.cfg.dataset, self.cfg.subset), f"hub:{self.cfg.dataset}/{self.cfg.subset or ''}"
+        return read_local(self.cfg.dataset, data_dir, self.cfg.subset), str(data_dir)
+
+    def load(self) -> TaskData:
+        """Read the splits, apply the offline protocol and holdout, check the split names, apply the limits."""
+        cfg = self.cfg
+        splits, source = self.read_splits()
+        if cfg.protocol == "dev_by_article":
+            if "train" in splits:
+                raise ValueError(
+                    f"task {cfg.name}: protocol dev_by_article is for when only the dev set exists, but "
+                    f"{source} has a train split; remove task.protocol"
+                )
+            splits["train"], splits["validation"] = split_by_article(splits["validation"], cfg.eval_fraction, 0)
+            source += f" (protocol dev_by_article: dev split by article, {cfg.eval_fraction:g} of articles for eval)"
+        if cfg.holdout:
+            rows = list(splits[cfg.train_split])
+            random.Random(0).shuffle(rows)
+            splits[cfg.train_split], splits["holdout"] = rows[cfg.holdout :], rows[: cfg.holdout]
+            source += f" (holdout: {cfg.holdout} training examples held out as split 'holdout')"
+        wanted = [cfg.train_split, *cfg.eval_splits]
+        missing = [s for s in wanted if s not in splits]
+        if missing or not cfg.eval_splits:
+            hint = "; only SQuAD's dev set offline? add task.protocol=dev_by_article" if cfg.dataset == "squad" else ""
+            raise ValueError(
+                f"task {cfg.name}: split(s) {missing or 'task.eval_splits (empty)'} not available; "
+                f"{source} has {sorted(splits)} (set task.train_split / task.eval_splits{hint})"
+            )
+        train = splits[cfg.train_split][: cfg.limit_train]
+        evals = {s: splits[s][: cfg.limit_eval] for s in cfg.eval_splits}
+        return TaskData(train, evals, source)
+
+    # ---- features and evaluation (per kind) -----------------------------------------------------------------
+    def train_features(self, data: TaskData, tokenizer: Any) -> list[dict]:
+        raise NotImplementedError
+
+    def collator(self, tokenizer: Any) -> Callable[[list[dict]], dict]:
+        raise NotImplementedError
+
+    def eval_sets(self, data: TaskData, tokenizer: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def evaluate(
+        self, model: nn.Module, eval_sets: dict[str, Any], tokenizer: Any, accelerator: Accelerator, batch_size: int
+    ) -> Evaluation:
+        raise NotImplementedError
+
+
+def suffixed(split_index: int, split: str, metrics: dict[str, float]) -> dict[str, float]:
+    """The first eval split's metric names stay bare; the others get ``_<split>`` appended."""
+    return {(k if split_index == 0 else f"{k}_{split}"): v for k, v in metrics.items()}

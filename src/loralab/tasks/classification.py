@@ -1,0 +1,88 @@
+"""Sequence classification (GLUE): a classifier head on the encoder; metrics per GLUE task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from loralab.config import TaskConfig
+from loralab.data.glue import GLUE_TASKS, Example, load_glue
+from loralab.metrics import glue_metrics
+from loralab.tasks.base import Evaluation, Task, TaskData, suffixed
+
+
+def encode(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict]:
+    """Tokenise examples (truncating to ``max_length``) into feature dicts with a ``labels`` entry."""
+    a = [e.text_a for e in examples]
+    b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
+    enc = tokenizer(a, b, truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return [{**{k: enc[k][i] for k in keys}, "labels": e.label} for i, e in enumerate(examples)]
+
+
+class Collator:
+    """Pads a list of features to the longest in the batch."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, regression: bool) -> None:
+        self.tokenizer, self.label_dtype = tokenizer, torch.float32 if regression else torch.long
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        labels = torch.tensor([f["labels"] for f in features], dtype=self.label_dtype)
+        batch = self.tokenizer.pad(
+            [{k: v for k, v in f.items() if k != "labels"} for f in features], return_tensors="pt"
+        )
+        return {**batch, "labels": labels}
+
+
+class GlueClassification(Task):
+    """GLUE tasks from the ``glue_data`` layout (``task.data_dir``) or the hub dataset ``nyu-mll/glue``."""
+
+    model_kind = "sequence_classification"
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        if cfg.subset not in GLUE_TASKS:
+            raise ValueError(f"task {cfg.name}: unknown GLUE task {cfg.subset!r}; known: {sorted(GLUE_TASKS)}")
+        self.spec = GLUE_TASKS[cfg.subset]
+        self.metrics, self.num_labels = self.spec.metrics, self.spec.num_labels
+        super().__init__(cfg)
+
+    def read_splits(self) -> tuple[dict[str, list[Any]], str]:
+        data_dir = self.data_dir()
+        splits = {s: load_glue(self.spec.name, s, data_dir) for s in (self.cfg.train_split, *self.cfg.eval_splits)}
+        return splits, str(data_dir) if data_dir else "hub:nyu-mll/glue"
+
+    def train_features(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> list[dict]:
+        return encode(data.train, tokenizer, self.cfg.max_seq_length)
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase) -> Collator:
+        return Collator(tokenizer, self.spec.is_regression)
+
+    def eval_sets(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[dict]]:
+        return {s: encode(ex, tokenizer, self.cfg.max_seq_length) for s, ex in data.evals.items()}
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        model: nn.Module,
+        eval_sets: dict[str, list[dict]],
+        tokenizer: PreTrainedTokenizerBase,
+        accelerator: Accelerator,
+        batch_size: int,
+    ) -> Evaluation:
+        out: dict[str, float] = {}
+        for i, (split, features) in enumerate(eval_sets.items()):
+            preds, labels = [], []
+            for batch in DataLoader(features, batch_size, collate_fn=self.collator(tokenizer)):
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                logits = model(**batch).logits.float()
+                preds.append(logits.squeeze(-1) if self.spec.is_regression else logits.argmax(-1))
+                labels.append(batch["labels"])
+            metrics = glue_metrics(self.spec.name, torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy())
+            out.update(suffixed(i, split, metrics))
+        return Evaluation(out)
