@@ -9,9 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from conftest import compose_cfg
 
 from loralab import tables
 from loralab.config import PROJECT_ROOT
+from loralab.run import make_plan
 
 SPEC = {
     "title": "Test table",
@@ -171,12 +173,16 @@ def test_results_from_wandb_runs(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "experiments").rglob("*.yaml")), ids=lambda p: p.stem)
-def test_every_committed_spec_loads_with_its_paper_numbers(path):
+def test_every_committed_spec_loads_and_its_runs_compose(path):
     spec = tables.load_spec(path)
     tables.paper_numbers(spec)
     for profile in tables.PROFILES:
-        for run in tables.plan_runs(spec, profile, PROJECT_ROOT / "results"):
-            assert run.overrides, run
+        runs = tables.plan_runs(spec, profile, PROJECT_ROOT / "results")
+        for run in runs[:1] + runs[-1:]:  # the first and last run of each profile, composed and checked
+            cfg = compose_cfg(*run.overrides)
+            make_plan(cfg)
+            metrics = {c.metric for c in spec.columns if c.run_name == run.name}
+            assert cfg.task.name and metrics, run
 
 
 def test_table_logged_to_wandb_as_a_table(tmp_path, monkeypatch):

@@ -245,3 +245,10 @@ def test_length_mismatch_and_empty_inputs(fn):
 def test_missing_references(fn):
     with pytest.raises(ValueError, match="at least one reference"):
         fn(["a", "b"], [["a"], []])
+
+
+def test_gsm8k_flexible_reads_the_last_number_when_there_is_no_answer_marker():
+    answers = ["so 6 * 8 = <<6*8=48>>48\n#### 48", "#### 1,000", "#### 5"]
+    predictions = ["16 x 3 = 48\n\nThe answer is 48.", "It costs $1,000.", "#### 6 then 5"]
+    assert gsm8k_exact_match(predictions, answers) == 0.0  # the official rule needs '#### '
+    assert gsm8k_exact_match(predictions, answers, flexible=True) == pytest.approx(2 / 3)  # '####' wins when present

@@ -56,6 +56,7 @@ class Row:
     overrides: list[str] = field(default_factory=list)
     x: float | None = None
     paper_only: bool = False
+    offline_skip: bool = False  # e.g. a second backbone whose offline stand-in is the same as another row's
     note: str | None = None
 
 
@@ -149,6 +150,12 @@ def profile_overrides(spec: Spec, profile: str) -> list[str] | None:
     return spec.profiles.get(profile, [])
 
 
+def skipped(row: Row, col: Column, profile: str) -> bool:
+    """Cells shown with the paper's numbers only: paper-only rows or columns, offline-skipped ones offline."""
+    offline_skip = profile == "offline" and (row.offline_skip or col.offline_skip)
+    return row.paper_only or col.paper_only or offline_skip
+
+
 def plan_runs(spec: Spec, profile: str, results_root: Path) -> list[Run]:
     """The runs of a table under a profile (none for ``reference`` specs or a profile set to null)."""
     extra = profile_overrides(spec, profile)
@@ -157,7 +164,7 @@ def plan_runs(spec: Spec, profile: str, results_root: Path) -> list[Run]:
     runs: dict[tuple[str, str], Run] = {}
     for row in spec.rows:
         for col in spec.columns:
-            if row.paper_only or col.paper_only or (profile == "offline" and col.offline_skip):
+            if skipped(row, col, profile):
                 continue
             key = (row.id, col.run_name)
             if key not in runs:
@@ -296,10 +303,10 @@ def collect(
     for row in spec.rows:
         for col in spec.columns:
             printed = paper.get((row.id, col.id), {"value": "", "params": ""})
-            skipped = row.paper_only or col.paper_only or (profile == "offline" and col.offline_skip)
-            found = [] if skipped else results.get((row.id, col.run_name), [])
+            skip = skipped(row, col, profile)
+            found = [] if skip else results.get((row.id, col.run_name), [])
             ours = [metric_value(r, col.metric, spec.scale) for r in found] if col.metric else []
-            note = "; ".join(n for n in (row.note, col.note) if n) if skipped else ""
+            note = "; ".join(n for n in (row.note, col.note) if n) if skip else ""
             cells.append(
                 Cell(
                     row.id, col.id, ours, printed["value"],

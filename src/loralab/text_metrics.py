@@ -150,13 +150,21 @@ def gsm8k_answer(text: str) -> str | None:
     return match.group(1).strip().replace(",", "") if match else None
 
 
-def gsm8k_exact_match(predictions: list[str], answers: list[str]) -> float:
+def gsm8k_exact_match(predictions: list[str], answers: list[str], flexible: bool = False) -> float:
     """Fraction of predictions whose extracted answer is valid (not None) and equals the reference worked answer's.
 
     As in the official ``is_correct`` (which asserts it), every reference must contain a "#### " answer.
+    ``flexible``: a prediction without "#### " is read by its last number instead (lm-evaluation-harness's
+    "flexible-extract"; a diagnostic for models that have not learned the answer format, not the official rule).
     """
     _check_lengths(predictions, answers, need_refs=False)
     gold = [gsm8k_answer(a) for a in answers]
     if None in gold:
         raise ValueError(f"reference answer {gold.index(None)} has no '#### <number>' final answer")
-    return float(np.mean([gsm8k_answer(pred) == g for pred, g in zip(predictions, gold, strict=True)]))
+    read = (lambda p: gsm8k_answer(p) or _last_number(p)) if flexible else gsm8k_answer
+    return float(np.mean([read(pred) == g for pred, g in zip(predictions, gold, strict=True)]))
+
+
+def _last_number(text: str) -> str | None:
+    numbers = re.findall(r"-?[0-9][0-9,]*(?:\.[0-9]+)?", text)
+    return numbers[-1].replace(",", "") if numbers else None

@@ -64,6 +64,15 @@ def _choice_accuracy(predictions: list[str], references: list[list[str]]) -> dic
     return {"accuracy": sum(hits) / len(hits)}
 
 
+def _gsm8k_metrics(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """The official answer extraction; ``_flexible`` also reads the last number of answers without "####"."""
+    answers = [r[0] for r in references]
+    return {
+        "exact_match": gsm8k_exact_match(predictions, answers),
+        "exact_match_flexible": gsm8k_exact_match(predictions, answers, flexible=True),
+    }
+
+
 def _translation_metrics(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     """sacreBLEU, cumulative BLEU-1/2/3 and ROUGE-1/2/L (LoRA-Mini Tables 3-4 and 13-14)."""
     bleu = {f"bleu{n}": corpus_bleu(predictions, references, max_order=n) for n in (1, 2, 3)}
@@ -84,9 +93,7 @@ GENERATION_DATASETS: dict[str, GenerationDataset] = {
         _translation, _translation_metrics, ("bleu", "bleu1", "bleu2", "bleu3", "rouge1", "rouge2", "rougeL")
     ),
     "iwslt2017": GenerationDataset(_translation, lambda p, r: {"bleu": corpus_bleu(p, r)}, ("bleu",)),
-    "gsm8k": GenerationDataset(
-        _gsm8k, lambda p, r: {"exact_match": gsm8k_exact_match(p, [x[0] for x in r])}, ("exact_match",)
-    ),
+    "gsm8k": GenerationDataset(_gsm8k, _gsm8k_metrics, ("exact_match", "exact_match_flexible")),
     "dialogsum": GenerationDataset(_dialogsum, rouge, ("rouge1", "rouge2", "rougeL")),
     "squad": GenerationDataset(
         _squad, lambda p, r: {"exact_match": exact_match(p, r), "f1": squad_v1(p, r)["f1"]}, ("exact_match", "f1")
