@@ -359,6 +359,15 @@ def test_batched_left_padded_generation_matches_one_prompt_at_a_time(model_name)
     assert cut == [t.split(stop)[0].strip() for t in batched] and cut != batched
 
 
+def test_leading_newline_is_not_a_stop(monkeypatch):
+    # a model that starts its answer on a new line (DialogSum after "Summary:") must not be cut to ""
+    task, tok, model_cfg = prepare("dialogsum", "tiny-llama", "task.max_seq_length=64", "task.max_new_tokens=2")
+    model = build_model(model_cfg, "causal_lm")[0].eval()
+    rows = [{"input_ids": [5, 6, 7], "references": ["x"]}, {"input_ids": [5, 6], "references": ["y"]}]
+    monkeypatch.setattr(tok, "batch_decode", lambda ids, **kw: ["\nHello there.\nNext line", "  short "])
+    assert task.generate(model, rows, tok, Accelerator(cpu=True), batch_size=2) == ["Hello there.", "short"]
+
+
 # ---- extractive QA ----------------------------------------------------------------------------------------------
 def qa_record(context: str, answer: str, question: str = "who waved?") -> dict:
     starts = [context.index(answer)] if answer else []
@@ -479,7 +488,10 @@ def test_image_pixels_from_arrays_images_and_paths(tmp_path):
         (["task=gsm8k", "task.dataset=mnist"], r"unknown dataset 'mnist'; known: .*gsm8k"),
         (["task=wmt16/en-ro", "task.subset=enro"], r"translation needs task.subset '<source>-<target>', got 'enro'"),
         (["task=iwslt2017/de-en", "task.subset=null"], r"translation needs task.subset .*got None"),
-        (["task=gsm8k", "task.main_metric=rougeL"], r"main_metric 'rougeL' is not one of \('exact_match',\)"),
+        (
+            ["task=gsm8k", "task.main_metric=rougeL"],
+            r"main_metric 'rougeL' is not one of \('exact_match', 'exact_match_flexible'\)",
+        ),
         (
             ["task=squad/v2", "task.main_metric=exact_match"],
             r"main_metric 'exact_match' is not one of \('exact', 'f1'\)",

@@ -234,6 +234,7 @@ class Generation(Task):
             if causal:
                 generated = generated[:, batch["input_ids"].shape[1] :]
             for text in tokenizer.batch_decode(generated, skip_special_tokens=True):
+                text = text.lstrip()  # a stop string (e.g. a newline) ends the answer, it does not precede it
                 for stop in cfg.stop:
                     text = text.split(stop)[0]
                 out.append(text.strip())
