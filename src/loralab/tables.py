@@ -360,7 +360,7 @@ def table_rows(cells: list[Cell]) -> list[list[str]]:
     return [
         [
             c.row, c.column, _fmt(c.mean) or (c.note and f"not run: {c.note}") or "missing", _fmt(c.std),
-            str(len(c.ours)), c.paper, _fmt(c.delta, 2) if c.delta is None else f"{c.delta:+.2f}",
+            str(len(c.ours)), c.paper, "" if c.delta is None else f"{c.delta:+.2f}",
             _fmt(c.params_run), _fmt(c.params_backbone), c.params_paper, match[c.params_match],
         ]
         for c in cells

@@ -198,14 +198,15 @@ class Generation(Task):
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def eval_sets(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[dict]]:
-        room = self.cfg.max_seq_length - (len(self._bos(tokenizer)) if self.model_kind == "causal_lm" else 0)
+        bos = self._bos(tokenizer)
+        room = self.cfg.max_seq_length - len(bos)
         sets = {}
         for split, records in data.evals.items():
             rows, cut_prompts = [], 0
             for record in records:
                 prompt, _, references = self.texts(record)
                 ids, cut = self._prompt(tokenizer, prompt, room)
-                rows.append({"input_ids": self._bos(tokenizer) + ids, "references": references})
+                rows.append({"input_ids": bos + ids, "references": references})
                 cut_prompts += cut
             self._report(data, split, cut_prompts, 0, len(rows))
             sets[split] = rows

@@ -44,8 +44,11 @@ class ImageClassification(Task):
         array = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
         return torch.from_numpy((array - 0.5) / 0.5).permute(2, 0, 1)
 
+    def _features(self, records: list[dict]) -> list[dict]:
+        return [{"image": r[self.image_key], "labels": int(r[self.label_key])} for r in records]
+
     def train_features(self, data: TaskData, tokenizer: Any) -> list[dict]:
-        return [{"image": r[self.image_key], "labels": int(r[self.label_key])} for r in data.train]
+        return self._features(data.train)
 
     def collator(self, tokenizer: Any) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
         def collate(features: list[dict]) -> dict[str, torch.Tensor]:
@@ -57,10 +60,7 @@ class ImageClassification(Task):
         return collate
 
     def eval_sets(self, data: TaskData, tokenizer: Any) -> dict[str, list[dict]]:
-        return {
-            s: [{"image": r[self.image_key], "labels": int(r[self.label_key])} for r in rs]
-            for s, rs in data.evals.items()
-        }
+        return {s: self._features(records) for s, records in data.evals.items()}
 
     @torch.no_grad()
     def evaluate(
