@@ -388,7 +388,7 @@ def test_impossible_chain_raises(factors: list[Factor]):
         AdapterLinear(nn.Linear(8, 6), factors, scaling=1.0)
 
 
-@pytest.mark.parametrize(("a", "b", "fragment"), [(33, 8, "a=33 must be <= 32"), (8, 65, "b=65 <= 64")])
+@pytest.mark.parametrize(("a", "b", "fragment"), [(33, 8, "a=33 must be <= 32"), (8, 65, "b=65 must be <= 64")])
 def test_lora_mini_outer_size_larger_than_layer_raises(a: int, b: int, fragment: str):
     model = tiny_model("tiny-roberta")
     method = LoraMini(LoraMiniConfig(r=2, a=a, b=b, target_modules=[r".*\.intermediate\.dense"]))  # 32 -> 64

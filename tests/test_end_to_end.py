@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import compose_cfg
 from safetensors.torch import load_file
 
@@ -52,9 +53,12 @@ def test_lora_mini_on_tiny_rte_writes_a_complete_result(tmp_path, tiny_glue):
 
 
 def test_stsb_regression_and_cola_mcc(tmp_path, tiny_glue):
-    result, _ = train(tmp_path, tiny_glue, "model=tiny-roberta", "task=glue/stsb", "method=lora", "trainer.epochs=1")
+    result, _ = train(tmp_path / "stsb", tiny_glue, "model=tiny-roberta", "task=glue/stsb", "method=lora",
+                      "trainer.epochs=1")  # fmt: skip
     assert set(result["metrics"]["best"]) >= {"pearson", "spearman"}
-    result, _ = train(tmp_path, tiny_glue, "model=tiny-roberta", "task=glue/cola", "method=lora", "trainer.epochs=1")
+    result, _ = train(
+        tmp_path / "cola", tiny_glue, "model=tiny-roberta", "task=glue/cola", "method=lora", "trainer.epochs=1"
+    )
     assert set(result["metrics"]["best"]) >= {"mcc", "accuracy"} and result["main_metric"] == "mcc"
 
 
@@ -70,11 +74,12 @@ def test_training_reduces_the_loss(tmp_path, tiny_glue):
 
 
 def test_max_steps_and_early_stopping(tmp_path, tiny_glue):
-    result, _ = train(tmp_path, tiny_glue, "model=tiny-bert", "task=glue/rte", "method=lora", "trainer.max_steps=2")
+    result, _ = train(tmp_path / "a", tiny_glue, "model=tiny-bert", "task=glue/rte", "method=lora",
+                      "trainer.max_steps=2")  # fmt: skip
     assert result["metrics"]["steps"] == 2 and len(result["metrics"]["epochs"]) == 1
     result, _ = train(
-        tmp_path, tiny_glue, "model=tiny-bert", "task=glue/rte", "method=lora", "trainer.epochs=8", "trainer.lr=0",
-        "trainer.early_stopping_patience=2",
+        tmp_path / "b", tiny_glue, "model=tiny-bert", "task=glue/rte", "method=lora", "trainer.epochs=8",
+        "trainer.lr=0", "trainer.early_stopping_patience=2",
     )  # fmt: skip
     assert len(result["metrics"]["epochs"]) == 3  # no improvement after epoch 1 with a zero learning rate
 
@@ -84,6 +89,19 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path, tiny_glue):
     result, _ = train(tmp_path, tiny_glue, "model=tiny-bert", "task=glue/rte", "method=lora", "trainer.grad_accum=2",
                       "trainer.epochs=2")  # fmt: skip
     assert [e["step"] for e in result["metrics"]["epochs"]] == [2, 4]
+
+
+def test_the_schedule_advances_once_per_optimizer_step(tmp_path, tiny_glue, monkeypatch):
+    lrs, real = [], torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    train(tmp_path, tiny_glue, "model=tiny-bert", "task=glue/rte", "method=lora", "trainer.grad_accum=2",
+          "trainer.epochs=2", "trainer.warmup_ratio=0")  # fmt: skip
+    assert lrs == pytest.approx([3e-3 * (1 - k / 4) for k in range(4)])  # linear decay over 4 optimizer steps
 
 
 def test_same_seed_same_result(tmp_path, tiny_glue):
@@ -102,10 +120,15 @@ def test_cli_multirun_sweep_writes_one_result_per_run(tmp_path, tiny_glue):
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]  # fmt: skip
     subprocess.run(cmd, cwd=PROJECT_ROOT, check=True, capture_output=True, timeout=300)
-    results = sorted((tmp_path / "sweep").glob("*/results.json"))
+    results = sorted((tmp_path / "sweep").glob("tiny-bert/glue/rte/lora_mini/*/results.json"))  # one folder per config
     assert len(results) == 2
-    ranks = sorted(json.loads(p.read_text())["config"]["method"]["r"] for p in results)
-    assert ranks == [2, 4]
+    found = [json.loads(p.read_text()) for p in results]
+    assert sorted(r["config"]["method"]["r"] for r in found) == [2, 4]
+    assert sorted(p.parent.name for p in results) == sorted(r["run_id"] for r in found)
+    written = [p.stat().st_mtime_ns for p in results]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, check=True, capture_output=True, text=True, timeout=300)
+    assert [p.stat().st_mtime_ns for p in results] == written  # the same command again runs nothing
+    assert (proc.stdout + proc.stderr).count("already finished") == 2
 
 
 def test_cli_dry_run_prints_json_last(tmp_path):

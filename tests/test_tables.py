@@ -133,13 +133,13 @@ def test_execute_trains_only_what_is_missing_then_renders(tmp_path, tiny_glue, m
     spec_path = write_spec(tmp_path, {**SPEC, "base": [*SPEC["base"], f"task.data_dir={tiny_glue}"]})
     spec = tables.load_spec(spec_path)
     put(tmp_path, "lora_r2", 1, fake_result(0.5))  # finished already: skipped
-    put(tmp_path, "lora_r2", 2, fake_result(0.5, status="crashed"))  # crashed: re-run
+    put(tmp_path, "lora_r2", 2, fake_result(0.5, status="crashed"))  # unfinished: run (resumed) again
     calls = []
     monkeypatch.setattr(tables.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
     assert tables.execute(spec, "offline", tmp_path) == 2
     seeds = [next(a for a in c if a.startswith("trainer.seed=")) for c in calls]
     assert seeds == ["trainer.seed=2", "trainer.seed=1,2"]
-    assert not (tmp_path / "runs/mypaper/tab1/offline/lora_r2/rte/seed2").exists()  # partial run cleared
+    assert (tmp_path / "runs/mypaper/tab1/offline/lora_r2/rte/seed2").exists()  # kept: it resumes from its checkpoint
 
     monkeypatch.undo()  # now for real: Hydra multirun trains the missing runs, a second call trains nothing
     assert tables.execute(spec, "offline", tmp_path) == 2
@@ -150,6 +150,8 @@ def test_execute_trains_only_what_is_missing_then_renders(tmp_path, tiny_glue, m
     assert (md_path.parent / "tab1.png").stat().st_size > 1000
     trained = json.loads((tmp_path / "runs/mypaper/tab1/offline/lora_r4/rte/seed2/results.json").read_text())
     assert trained["config"]["trainer"]["seed"] == 2 and trained["config"]["method"]["r"] == 4
+    rerun = json.loads((tmp_path / "runs/mypaper/tab1/offline/lora_r2/rte/seed2/results.json").read_text())
+    assert rerun["status"] == "finished" and rerun["config"]["method"]["r"] == 2  # the unfinished one replaced
 
 
 def test_results_from_wandb_runs(tmp_path):

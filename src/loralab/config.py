@@ -12,6 +12,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from loralab.checkpoint import run_id_resolver
 from loralab.methods import METHODS
 from loralab.models import ModelConfig
 
@@ -76,6 +77,9 @@ class TrainerConfig:
     (smoke runs). ``early_stopping_patience``: epochs without improvement of the main metric before stopping.
     ``iterations``: train this many times, each starting from the best checkpoint so far (the RoLoRA paper's
     iterated baselines LoRA* and AdaLoRA*); methods with phases of their own (RoLoRA) set them themselves.
+    ``checkpoint_every``: optimizer steps between checkpoints (also one after every epoch; null: epochs only);
+    ``resume``: continue from the run directory's checkpoint (false: start over); ``keep_checkpoint``: keep the
+    last checkpoint after the run finished (default: removed, the result and adapter stay).
     """
 
     epochs: int = 3
@@ -95,6 +99,9 @@ class TrainerConfig:
     iterations: int = 1
     progress: bool = True
     save_adapter: bool = True
+    checkpoint_every: int | None = 200
+    resume: bool = True
+    keep_checkpoint: bool = False
 
 
 @dataclass
@@ -120,3 +127,5 @@ def register_configs() -> None:
         cs.store(group="schema/method", name=name, node=cls.config_class)
     if not OmegaConf.has_resolver("loralab_root"):
         OmegaConf.register_new_resolver("loralab_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("loralab_run_id"):
+        OmegaConf.register_new_resolver("loralab_run_id", run_id_resolver)

@@ -30,6 +30,16 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from loralab.adapters import adapter_state_dict, count_parameters, load_adapter_state, save_adapter
+from loralab.checkpoint import (
+    CHECKPOINT,
+    load_checkpoint,
+    remove_checkpoints,
+    rng_state,
+    run_id,
+    run_identity,
+    save_checkpoint,
+    set_rng_state,
+)
 from loralab.config import PROJECT_ROOT, LoggerConfig, TaskConfig, TrainerConfig
 from loralab.methods import Method, MethodConfig, build_method
 from loralab.models import ModelConfig, build_model, head_modules, load_tokenizer, model_kind, resolve_targets
@@ -37,6 +47,7 @@ from loralab.tasks import Evaluation, Task, TaskData, build_task
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
+RUN_FILE = "run.json"  # the run's identity, written before training starts
 SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}
 
 
@@ -101,10 +112,108 @@ def _precision(trainer: TrainerConfig) -> str:
     return "bf16" if trainer.precision == "bf16" or (trainer.precision == "auto" and gpu_bf16) else "no"
 
 
+@dataclass
+class Progress:
+    """Where a run stands: everything besides tensors that a checkpoint must hold to continue exactly."""
+
+    phase: int = 0
+    epoch: int = 1  # the epoch in progress (1-based)
+    batches: int = 0  # batches of that epoch already consumed
+    step: int = 0  # optimizer steps of this phase
+    losses: list[float] = field(default_factory=list)  # of the epoch in progress
+    train_time: float = 0.0  # of the epoch in progress
+    best_value: float = -math.inf  # of this phase (early stopping)
+    stale: int = 0
+    phase_done: bool = False
+    steps_before: int = 0  # optimizer steps of the finished phases (W&B needs one increasing step)
+    history: list[dict] = field(default_factory=list)  # epoch records of all phases
+    best: dict | None = None  # the best epoch record over all phases
+    resumes: int = 0
+
+
+class Checkpoints:
+    """Saves and restores a run's state in its output directory (see :mod:`loralab.checkpoint`)."""
+
+    def __init__(self, directory: Path, run_id: str, every: int | None, method: Method, accelerator: Accelerator):
+        self.directory, self.run_id, self.every, self.method = directory, run_id, every, method
+        self.accelerator = accelerator
+        self.loaded: dict[str, Any] | None = None  # the checkpoint this process resumed from
+        self.best_adapter: dict[str, torch.Tensor] | None = None  # iterated runs restart from it
+        self.wandb_id: str | None = None
+
+    def resume(self, model: nn.Module, progress: Progress) -> bool:
+        """Load the newest intact checkpoint into ``model``, the method and ``progress``; False when there is none."""
+        state = load_checkpoint(self.directory)
+        if state is None:
+            return False
+        if state["run_id"] != self.run_id:
+            raise ValueError(
+                f"{self.directory / CHECKPOINT} belongs to run {state['run_id']}, not to this config ({self.run_id}); "
+                "choose another output directory (hydra.run.dir=...)"
+            )
+        self.method.load_state_dict(state["method"])
+        self.method.on_resume(model)
+        load_adapter_state(model, state["model"], f"checkpoint {self.directory / CHECKPOINT}")
+        for key, value in state["progress"].items():
+            setattr(progress, key, value)
+        progress.resumes += 1
+        self.loaded, self.best_adapter, self.wandb_id = state, state["best_adapter"], state["wandb_id"]
+        log.info("resuming %s: phase %d, epoch %d, step %d", self.directory, progress.phase, progress.epoch,
+                 progress.step)  # fmt: skip
+        return True
+
+    def restore_loop(self, optimizer, scheduler, generator: torch.Generator) -> None:
+        """Inside a phase: the optimizer, schedule, method and data order of the checkpoint resumed from."""
+        state = self.loaded
+        if state is None or state["progress"]["phase_done"]:
+            return
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])  # after on_train_start, which starts a phase's state afresh
+        generator.set_state(state["epoch_generator"])
+
+    def restore_rng(self) -> None:
+        """The random state at the moment of the checkpoint (dropout masks, RoLoRA's new components); once."""
+        if self.loaded is not None:
+            set_rng_state(self.loaded["rng"])
+            self.loaded = None
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    def save(self, model: nn.Module, progress: Progress, optimizer, scheduler, epoch_generator: torch.Tensor) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        state = {
+            "run_id": self.run_id,
+            "progress": vars(progress),
+            "model": adapter_state_dict(self.accelerator.unwrap_model(model)),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "method": self.method.state_dict(),
+            "epoch_generator": epoch_generator,  # the data order's generator at the start of the epoch
+            "rng": rng_state(),
+            "best_adapter": self.best_adapter,
+            "wandb_id": self.wandb_id,
+        }
+        save_checkpoint(
+            self.directory, state, {"phase": progress.phase, "epoch": progress.epoch, "step": progress.step}
+        )
+
+
 def train(
-    plan: Plan, model: nn.Module, data: TaskData, tokenizer, accelerator: Accelerator, on_epoch, phase: int = 0
-) -> dict:
-    """The training loop (one phase). ``on_epoch(record, evaluation)`` is called after each epoch's evaluation."""
+    plan: Plan,
+    model: nn.Module,
+    data: TaskData,
+    tokenizer,
+    accelerator: Accelerator,
+    on_epoch,
+    progress: Progress,
+    checkpoints: Checkpoints,
+) -> None:
+    """The training loop of one phase, from wherever ``progress`` stands (a resumed run skips the batches already
+    consumed). ``on_epoch(record, evaluation)`` is called after each epoch's evaluation; a checkpoint is written
+    every ``trainer.checkpoint_every`` optimizer steps and after every epoch."""
     tr, method, task = plan.trainer, plan.method, plan.runner
     gen = torch.Generator().manual_seed(tr.seed)
     train_loader = DataLoader(
@@ -116,66 +225,85 @@ def train(
     )
     eval_sets = task.eval_sets(data, tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
+    adamw = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
+    model, optimizer, train_loader = accelerator.prepare(model, adamw, train_loader)
+    # steps of this process: with N data-parallel processes each takes every N-th batch, so the schedule is set
+    # for the steps that happen (the scheduler is not handed to accelerate, which would step it N times per step)
     steps_per_epoch = math.ceil(len(train_loader) / tr.grad_accum)
     total = min(tr.max_steps or sys.maxsize, steps_per_epoch * tr.epochs)
     warmup = tr.warmup_steps if tr.warmup_steps is not None else int(tr.warmup_ratio * total)
-    scheduler = SCHEDULES[tr.schedule](optimizer, warmup, total)
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    scheduler = SCHEDULES[tr.schedule](adamw, warmup, total)
     method.on_train_start(model, optimizer, total)  # hook: before the first step
+    checkpoints.restore_loop(optimizer, scheduler, gen)
 
-    step, best_value, stale, history = 0, -math.inf, 0, []
-    bar = tqdm(total=total, desc="train", disable=not tr.progress or not accelerator.is_main_process)
+    p = progress
+    bar = tqdm(total=total, initial=p.step, desc="train", disable=not tr.progress or not accelerator.is_main_process)
     model.train()
-    for epoch in range(1, tr.epochs + 1):
-        losses, started = [], time.time()
-        for batch in train_loader:
+    for epoch in range(p.epoch, tr.epochs + 1):
+        p.epoch, epoch_generator = epoch, gen.get_state()
+        batches = iter(train_loader)
+        for _ in range(p.batches):  # a resumed epoch: the same order, without the batches already trained on
+            next(batches)
+        checkpoints.restore_rng()
+        started = time.time() - p.train_time
+        for batch in batches:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
-                extra = method.extra_loss(model, step)  # hook: extra loss terms
+                extra = method.extra_loss(model, p.step)  # hook: extra loss terms
                 if extra is not None:
                     loss = loss + extra
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at step {step} (epoch {epoch}); stopping")
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at step {p.step} (epoch {epoch}); stopping. The last good "
+                        f"checkpoint stays in {checkpoints.directory} (lower trainer.lr or check the data)"
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    method.after_backward(model, step)  # hook: gradient transforms
+                    method.after_backward(model, p.step)  # hook: gradient transforms
                     if tr.max_grad_norm:
                         accelerator.clip_grad_norm_(params, tr.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                optimizer.step()  # accelerate's optimizer only steps when gradients are synchronised
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            p.losses.append(loss.item())
+            p.batches += 1
             if accelerator.sync_gradients:
-                method.after_optimizer_step(model, step)  # hook: after the optimizer step
-                step += 1
+                method.after_optimizer_step(model, p.step)  # hook: after the optimizer step
+                p.step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-                if step >= total:
+                bar.set_postfix(loss=f"{np.mean(p.losses[-20:]):.4f}")
+                if p.step >= total:
                     break
+                if checkpoints.due(p.step):
+                    p.train_time = time.time() - started
+                    checkpoints.save(model, p, optimizer, scheduler, epoch_generator)
         train_time = time.time() - started
         model.eval()
         evaluation = task.evaluate(model, eval_sets, tokenizer, accelerator, tr.eval_batch_size)
         model.train()
         metrics = evaluation.metrics
         record = {
-            "phase": phase,
+            "phase": p.phase,
             "epoch": epoch,
-            "step": step,
-            "train_loss": float(np.mean(losses)),
+            "step": p.step,
+            "train_loss": accelerator.reduce(torch.tensor(np.mean(p.losses)), "mean").item(),  # over processes
             "train_time_s": train_time,
             **metrics,
         }
-        history.append(record)
+        p.history.append(record)
         value = metrics[plan.task.main_metric]
-        best_value, stale = (value, 0) if value > best_value else (best_value, stale + 1)  # for early stopping
+        p.best_value, p.stale = (value, 0) if value > p.best_value else (p.best_value, p.stale + 1)  # early stopping
         log.info("epoch %d: %s", epoch, json.dumps(record))
         on_epoch(record, evaluation)
         method.on_epoch_end(model, epoch)  # hook: epoch boundary
-        if step >= total or (tr.early_stopping_patience and stale >= tr.early_stopping_patience):
+        stop = tr.early_stopping_patience and p.stale >= tr.early_stopping_patience
+        p.phase_done = bool(p.step >= total or stop or epoch == tr.epochs)
+        p.epoch, p.batches, p.losses, p.train_time = epoch + 1, 0, [], 0.0
+        checkpoints.save(model, p, optimizer, scheduler, gen.get_state())
+        if p.phase_done:
             break
     bar.close()
-    return {"epochs": history, "steps": step}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -206,14 +334,48 @@ def _peak_memory_bytes() -> int:
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write then rename, so a reader never sees a half-written file."""
+    """Write then rename, so a reader never sees a half-written file (the temporary goes if writing fails)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def finished_result(output_dir: Path, rid: str) -> dict[str, Any] | None:
+    """This run's finished result in ``output_dir``, or None; another run's result or run there is an error.
+
+    Only a finished ``results.json`` counts as a result (loralab writes no other; anything else is overwritten).
+    """
+    for name in (RESULTS_FILE, RUN_FILE):
+        path = output_dir / name
+        if not path.exists():
+            continue
+        try:
+            found = json.loads(path.read_text())
+            if name == RESULTS_FILE and found.get("status") != "finished":
+                continue
+            other = run_id(found["config"]) if name == RESULTS_FILE else found["run_id"]
+        except (ValueError, KeyError, AttributeError) as e:
+            raise ValueError(f"{path} is unreadable ({e!r}); move it away or choose another output directory") from e
+        if other != rid:
+            raise ValueError(
+                f"{output_dir} already holds another run ({name}: run {other}, this config is run {rid}); "
+                "choose another output directory (hydra.run.dir=...) or remove that one"
+            )
+        if name == RESULTS_FILE:
+            return found
+    return None
 
 
 def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Run the composed config; writes ``results.json`` (and ``adapter.safetensors``) into ``output_dir``."""
+    """Run the composed config; writes ``results.json`` (and ``adapter.safetensors``) into ``output_dir``.
+
+    A run that finds its own checkpoint in ``output_dir`` continues from it (``trainer.resume``); a finished run
+    is not run again (its result is returned).
+    """
     plan = make_plan(cfg)
     if cfg.get("dry_run", False):
         info = dry_run(plan)
@@ -222,8 +384,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     if plan.task.kind == "bare":
         raise ValueError("task=bare has no data to train on; it only serves dry_run=true parameter counts")
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    rid = run_id(resolved)
+    done = finished_result(output_dir, rid)
+    if done is not None:
+        log.info("%s: already finished, not run again", output_dir / RESULTS_FILE)
+        return done
 
     mixed_precision = _precision(plan.trainer)
     if plan.trainer.iterations > 1 and plan.method.phases > 1:
@@ -232,33 +398,44 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         )
     build(plan, device="meta")  # adapter shapes and target patterns checked before loading anything
     data = plan.runner.load()  # data errors before any weights are loaded
-    start = time.time()
-    set_seed(plan.trainer.seed)
     tokenizer = None if plan.runner.model_kind == "image_classification" else load_tokenizer(plan.model)
-    model, weights_source, targets = build(plan)
-    if tokenizer is not None and getattr(model.config, "pad_token_id", 0) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    counts = count_parameters(model)
-    accelerator = Accelerator(
+    plan.runner.check_lengths(data, tokenizer)  # truncation that leaves nothing to train on, before weights
+    accelerator = Accelerator(  # one process, or one of `accelerate launch`'s data-parallel processes
         cpu=not torch.cuda.is_available(),
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=plan.trainer.grad_accum,
     )
-    wandb_run = _wandb_init(plan, resolved, output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output_dir / RUN_FILE, {"run_id": rid, "identity": run_identity(resolved)})
+        if not plan.trainer.resume:
+            remove_checkpoints(output_dir)
+    accelerator.wait_for_everyone()
+    start = time.time()
+    set_seed(plan.trainer.seed)
+    model, weights_source, targets = build(plan)
+    if tokenizer is not None and getattr(model.config, "pad_token_id", 0) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    counts = count_parameters(model)
+    checkpoints = Checkpoints(output_dir, rid, plan.trainer.checkpoint_every, plan.method, accelerator)
+    progress = Progress()
+    checkpoints.resume(model, progress)
+    wandb_run = _wandb_init(plan, resolved, output_dir, checkpoints.wandb_id) if accelerator.is_main_process else None
+    checkpoints.wandb_id = None if wandb_run is None else wandb_run.id
     log.info("%s on %s with %s: %s", plan.model.name, plan.task.name, plan.method.name, counts)
 
     restarts = plan.trainer.iterations > 1  # LoRA* / AdaLoRA*: each run starts from the best checkpoint so far
-    best: dict[str, Any] = {"record": None, "adapter": None}  # the best epoch over all phases
-    steps_before = 0  # optimizer steps of the finished phases (W&B needs one increasing step)
 
     def on_epoch(record: dict, evaluation: Evaluation) -> None:
         if wandb_run is not None:
-            wandb_run.log(record, step=steps_before + record["step"])
-        if best["record"] is None or record[plan.task.main_metric] > best["record"][plan.task.main_metric]:
-            best["record"] = record
+            wandb_run.log(record, step=progress.steps_before + record["step"])
+        if progress.best is None or record[plan.task.main_metric] > progress.best[plan.task.main_metric]:
+            progress.best = record
             unwrapped = accelerator.unwrap_model(model)
             if restarts:
-                best["adapter"] = {k: t.clone() for k, t in adapter_state_dict(unwrapped).items()}
+                checkpoints.best_adapter = {k: t.clone() for k, t in adapter_state_dict(unwrapped).items()}
+            if not accelerator.is_main_process:  # data-parallel: every process evaluates, the first one writes
+                return
             if plan.trainer.save_adapter and plan.method.saves_adapter:
                 meta = {"phase": str(record["phase"]), "epoch": str(record["epoch"])}
                 save_adapter(unwrapped, output_dir / "adapter.safetensors", meta)
@@ -266,19 +443,22 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
                 with open(output_dir / f"predictions_{split}.jsonl", "w") as f:
                     f.writelines(json.dumps(row) + "\n" for row in rows)
 
-    epochs = []
-    for phase in range(max(plan.method.phases, plan.trainer.iterations)):
-        finished = train(plan, model, data, tokenizer, accelerator, on_epoch, phase)
-        epochs += finished["epochs"]
-        steps_before += finished["steps"]
+    for phase in range(progress.phase, max(plan.method.phases, plan.trainer.iterations)):
+        if not progress.phase_done:
+            train(plan, model, data, tokenizer, accelerator, on_epoch, progress, checkpoints)
+        checkpoints.restore_rng()  # a run resumed at the end of a phase continues with the phase's random state
         plan.method.on_phase_end(accelerator.unwrap_model(model), phase)  # hook: between phases
         if restarts:
-            load_adapter_state(accelerator.unwrap_model(model), best["adapter"])
-    history = {"epochs": epochs, "best": best["record"], "steps": steps_before}
+            load_adapter_state(accelerator.unwrap_model(model), checkpoints.best_adapter)
+        steps = progress.steps_before + progress.step
+        progress = Progress(phase=phase + 1, steps_before=steps, history=progress.history, best=progress.best,
+                            resumes=progress.resumes)  # fmt: skip
+    history = {"epochs": progress.history, "best": progress.best, "steps": progress.steps_before}
     method_metrics = plan.method.final_metrics(accelerator.unwrap_model(model))
     result = {
         "status": "finished",
         "config": resolved,
+        "run_id": rid,
         "model": plan.model.name,
         "task": plan.task.name,
         "method": plan.method.name,
@@ -294,19 +474,23 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "data_stats": data.stats,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
+        "resumed": progress.resumes,
         "wall_time_s": round(time.time() - start, 3),
         "peak_memory_bytes": _peak_memory_bytes(),
         "versions": _versions(),
         "git_commit": _git_commit(),
     }
-    write_json_atomic(output_dir / RESULTS_FILE, result)
+    if accelerator.is_main_process:
+        write_json_atomic(output_dir / RESULTS_FILE, result)
+        if not plan.trainer.keep_checkpoint:
+            remove_checkpoints(output_dir)
     if wandb_run is not None:
         wandb_run.summary.update({f"best/{k}": v for k, v in history["best"].items()} | counts)
         wandb_run.finish()
     return result
 
 
-def _wandb_init(plan: Plan, resolved: dict, output_dir: Path):
+def _wandb_init(plan: Plan, resolved: dict, output_dir: Path, run_id: str | None):
     if plan.logger.mode == "disabled":
         return None
     import wandb
@@ -319,4 +503,6 @@ def _wandb_init(plan: Plan, resolved: dict, output_dir: Path):
         mode=plan.logger.mode,
         dir=str(output_dir),
         name=plan.logger.name or f"{plan.model.name}-{plan.task.name}-{plan.method.name}",
+        id=run_id,  # a resumed run continues its W&B run
+        resume="allow" if run_id else None,
     )

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -186,8 +185,8 @@ def read_result(seed_dir: Path) -> dict | None:
 def execute(
     spec: Spec, profile: str, results_root: Path, columns: list[str] | None = None, python: str = sys.executable
 ) -> int:
-    """Train every missing or crashed (run, seed), of the given columns only if ``columns`` is set; returns how many
-    runs were started. Finished ones are skipped."""
+    """Train every missing or unfinished (run, seed), of the given columns only if ``columns`` is set; returns how
+    many runs were started. Finished ones are skipped; an interrupted one resumes from its checkpoint."""
     wanted = None if columns is None else {c.run_name for c in spec.columns if c.id in columns}
     unknown = sorted(set(columns or ()) - {c.id for c in spec.columns})
     if unknown:
@@ -199,8 +198,6 @@ def execute(
         missing = [s for s in spec.seeds if read_result(run.seed_dir(s)) is None]
         if not missing:
             continue
-        for seed in missing:  # a crashed run leaves a partial folder: start it afresh
-            shutil.rmtree(run.seed_dir(seed), ignore_errors=True)
         cmd = [
             python, str(PROJECT_ROOT / "train.py"), "-m", *run.overrides,
             f"trainer.seed={','.join(map(str, missing))}", "trainer.progress=false",

@@ -94,6 +94,7 @@ _HUB_SPLITS = {
     "dev_mismatched": "validation_mismatched",
 }
 _DATA_DIR_HINT = "set task.data_dir or the LORALAB_GLUE_DIR environment variable to your glue_data folder"
+_FIX_ROW = "fix or delete the line (or restore the official glue_data file)"
 
 
 def load_glue(task: str, split: str, data_dir: str | Path | None) -> list[Example]:
@@ -123,7 +124,7 @@ def _read_tsv(path: Path, fmt: _TsvFormat) -> list[Example]:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = fmt.header or next(reader, None)
         if header is None:
-            raise ValueError(f"{path} is empty (expected a header row)")
+            raise ValueError(f"{path} is empty (expected a header row); restore the official glue_data file")
         wanted = [c for c in (fmt.text_a, fmt.text_b, fmt.label) if c is not None]
         missing = [c for c in wanted if c not in header]
         if missing:
@@ -134,26 +135,26 @@ def _read_tsv(path: Path, fmt: _TsvFormat) -> list[Example]:
         for row in reader:
             where = f"{path}:{reader.line_num}"  # QUOTE_NONE: one record per physical line
             if len(row) != len(header):
-                raise ValueError(f"{where}: expected {len(header)} tab-separated columns, got {len(row)}")
+                raise ValueError(f"{where}: expected {len(header)} tab-separated columns, got {len(row)}; {_FIX_ROW}")
             value = _parse_label(row[label], fmt.labels, where)
             examples.append(Example(row[a], None if b is None else row[b], value))
     if not examples:
-        raise ValueError(f"{path} has no data rows")
+        raise ValueError(f"{path} has no data rows; an empty split cannot be used: restore the official glue_data file")
     return examples
 
 
 def _parse_label(raw: str, labels: dict[str, int] | None, where: str) -> int | float:
     if labels is not None:
         if raw not in labels:
-            raise ValueError(f"{where}: invalid label {raw!r}; expected one of {sorted(labels)}")
+            raise ValueError(f"{where}: invalid label {raw!r}; expected one of {sorted(labels)}; {_FIX_ROW}")
         return labels[raw]
     lo, hi = _STSB_RANGE
     try:
         score = float(raw)
     except ValueError:
-        raise ValueError(f"{where}: label {raw!r} is not a number") from None
+        raise ValueError(f"{where}: label {raw!r} is not a number; {_FIX_ROW}") from None
     if not lo <= score <= hi:  # also rejects nan
-        raise ValueError(f"{where}: score {score} outside [{lo}, {hi}]")
+        raise ValueError(f"{where}: score {score} outside [{lo}, {hi}], the STS-B similarity range; {_FIX_ROW}")
     return score
 
 

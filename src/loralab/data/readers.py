@@ -174,9 +174,42 @@ def _present(folder: Path, names: dict[str, str]) -> dict[str, Path]:
     return {split: folder / name for split, name in names.items() if (folder / name).is_file()}
 
 
-def _jsonl(path: Path) -> list[dict]:
+def _nonempty(path: Path, records: list[dict], what: str = "examples") -> list[dict]:
+    """``records``, or a ValueError naming ``path`` when it holds none (no official split is empty)."""
+    if not records:
+        raise ValueError(
+            f"{path} holds no {what}; restore the official file, or delete it if you do not need the split"
+        )
+    return records
+
+
+def _jsonl(path: Path, record: Callable[[dict], dict]) -> list[dict]:
+    """Each non-blank line of a JSON Lines file as a record, converted by ``record``.
+
+    A line that is not a JSON object, lacks a field ``record`` reads (KeyError) or holds a value it rejects
+    (ValueError) is an error naming the file, the 1-based line number and the problem; so is a file without records.
+    """
+    records = []
     with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: invalid JSON ({e.msg}: column {e.colno}); fix or delete the line") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}; fix or delete the line")
+            try:
+                records.append(record(row))
+            except KeyError as e:
+                raise ValueError(
+                    f"{where}: missing field {e}; the line has fields {sorted(row)}; fix or delete the line"
+                ) from None
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+    return _nonempty(path, records)
 
 
 def _nonblank(path: Path) -> list[str]:
@@ -199,7 +232,11 @@ def _tag_lines(path: Path) -> list[str]:
 
 def _xml_segments(path: Path) -> list[str]:
     """The text of every ``<seg>`` of an IWSLT dev/test XML file, in document order, entities unescaped."""
-    return ["".join(seg.itertext()).strip() for seg in ET.parse(path).iter("seg")]
+    try:
+        tree = ET.parse(path)
+    except ET.ParseError as e:
+        raise ValueError(f"{path}:{e.position[0]}: malformed XML ({e}); restore the official file") from None
+    return ["".join(seg.itertext()).strip() for seg in tree.iter("seg")]
 
 
 def _read_parallel(
@@ -218,6 +255,7 @@ def _read_parallel(
         left, right = read(a), read(b)
         if len(left) != len(right):
             raise ValueError(f"{a} and {b} are not aligned: {len(left)} vs {len(right)} sentences")
+        _nonempty(a, left, f"sentences (nor does its parallel file {b})")
         out[split] = [{"translation": {langs[0]: x, langs[1]: y}} for x, y in zip(left, right, strict=True)]
     return out
 
@@ -241,27 +279,43 @@ def _read_iwslt2017(folder: Path, subset: str | None) -> Records:
 
 # ---- text -----------------------------------------------------------------------------------------------------
 def _squad_records(path: Path) -> list[dict]:
-    """One record per question; unanswerable (v2 ``is_impossible``) questions get empty answer lists."""
+    """One record per question; unanswerable (v2 ``is_impossible``) questions get empty answer lists.
+
+    Invalid JSON names the file, line and column; a missing field names the file and where in ``data`` it is.
+    """
     with path.open(encoding="utf-8") as f:
-        articles = json.load(f)["data"]
-    records = []
-    for article in articles:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                answers = [] if qa.get("is_impossible") else qa["answers"]
-                records.append(
-                    {
-                        "id": qa["id"],
-                        "title": article["title"],
-                        "context": paragraph["context"],
-                        "question": qa["question"],
-                        "answers": {
-                            "text": [a["text"] for a in answers],
-                            "answer_start": [a["answer_start"] for a in answers],
-                        },
-                    }
-                )
-    return records
+        try:
+            squad = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path}:{e.lineno}: invalid JSON ({e.msg}: column {e.colno}); restore the official file"
+            ) from None
+    records, where = [], "the top level"
+    try:
+        for i, article in enumerate(squad["data"]):
+            where = f"data[{i}]"
+            title = article["title"]
+            for j, paragraph in enumerate(article["paragraphs"]):
+                where = f"data[{i}].paragraphs[{j}]"
+                context = paragraph["context"]
+                for k, qa in enumerate(paragraph["qas"]):
+                    where = f"data[{i}].paragraphs[{j}].qas[{k}]"
+                    answers = [] if qa.get("is_impossible") else qa["answers"]
+                    records.append(
+                        {
+                            "id": qa["id"],
+                            "title": title,
+                            "context": context,
+                            "question": qa["question"],
+                            "answers": {
+                                "text": [a["text"] for a in answers],
+                                "answer_start": [a["answer_start"] for a in answers],
+                            },
+                        }
+                    )
+    except KeyError as e:
+        raise ValueError(f"{path}: {where} lacks the field {e}; restore the official file") from None
+    return _nonempty(path, records, "questions")
 
 
 def _read_squad(folder: Path, subset: str | None) -> Records:
@@ -270,11 +324,13 @@ def _read_squad(folder: Path, subset: str | None) -> Records:
     return {split: _squad_records(path) for split, path in files.items()}
 
 
+def _gsm8k_record(row: dict) -> dict:
+    return {"question": row["question"], "answer": row["answer"]}
+
+
 def _read_gsm8k(folder: Path, subset: str | None) -> Records:
     files = _present(folder, {"train": "train.jsonl", "test": "test.jsonl"})
-    return {
-        split: [{"question": r["question"], "answer": r["answer"]} for r in _jsonl(p)] for split, p in files.items()
-    }
+    return {split: _jsonl(path, _gsm8k_record) for split, path in files.items()}
 
 
 def _dialogsum_record(row: dict) -> dict:
@@ -302,21 +358,30 @@ def _read_dialogsum(folder: Path, subset: str | None) -> Records:
     if not (folder / train).is_file():
         train = "dialogsum.train.early-release.jsonl"
     files = _present(folder, {"train": train, "validation": "dialogsum.dev.jsonl", "test": "dialogsum.test.jsonl"})
-    return {split: [_dialogsum_record(r) for r in _jsonl(path)] for split, path in files.items()}
+    return {split: _jsonl(path, _dialogsum_record) for split, path in files.items()}
 
 
 _HELLASWAG_FIELDS = ("ind", "activity_label", "ctx_a", "ctx_b", "ctx", "endings", "source_id", "split", "split_type")
 
 
 def _hellaswag_record(row: dict) -> dict:
-    """The official fields, with ``label`` an int, or None where unlabelled (absent locally, "" on the hub)."""
-    label = row.get("label")
-    return {**{k: row[k] for k in _HELLASWAG_FIELDS}, "label": None if label in (None, "") else int(label)}
+    """The official fields, with ``label`` an int, or None where unlabelled (absent locally, "" on the hub).
+
+    A label that is not the index of one of the record's endings is a ValueError naming the value and the set.
+    """
+    record, label = {k: row[k] for k in _HELLASWAG_FIELDS}, row.get("label")
+    allowed = [str(i) for i in range(len(record["endings"]))]
+    if label not in (None, "") and str(label) not in allowed:
+        raise ValueError(
+            f"label {label!r} is not the index of one of the {len(allowed)} endings {allowed}; fix the label, or "
+            "leave it out for an unlabelled row"
+        )
+    return {**record, "label": None if label in (None, "") else int(label)}
 
 
 def _read_hellaswag(folder: Path, subset: str | None) -> Records:
     names = {"train": "hellaswag_train.jsonl", "validation": "hellaswag_val.jsonl", "test": "hellaswag_test.jsonl"}
-    return {split: [_hellaswag_record(r) for r in _jsonl(path)] for split, path in _present(folder, names).items()}
+    return {split: _jsonl(path, _hellaswag_record) for split, path in _present(folder, names).items()}
 
 
 # ---- vision ---------------------------------------------------------------------------------------------------
@@ -334,10 +399,14 @@ def _read_cifar100(folder: Path, subset: str | None) -> Records:
         images = np.ascontiguousarray(
             np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         )
-        out[split] = [
-            {"img": img, "fine_label": int(fine), "coarse_label": int(coarse)}
-            for img, fine, coarse in zip(images, batch[b"fine_labels"], batch[b"coarse_labels"], strict=True)
-        ]
+        out[split] = _nonempty(
+            path,
+            [
+                {"img": img, "fine_label": int(fine), "coarse_label": int(coarse)}
+                for img, fine, coarse in zip(images, batch[b"fine_labels"], batch[b"coarse_labels"], strict=True)
+            ],
+            "images",
+        )
     return out
 
 
@@ -357,13 +426,22 @@ def _read_food101(folder: Path, subset: str | None) -> Records:
         return {}
     label = {name: i for i, name in enumerate(_nonblank(classes_file))}
     files = _present(root / "meta", {"train": "train.txt", "validation": "test.txt"})
-    return {
-        split: [
-            {"image": str(root / "images" / f"{item}.jpg"), "label": label[item.split("/")[0]]}
-            for item in _nonblank(path)
-        ]
-        for split, path in files.items()
-    }
+    out = {}
+    for split, path in files.items():
+        records = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            item = line.strip()
+            if not item:
+                continue
+            name = item.split("/")[0]
+            if name not in label:
+                raise ValueError(
+                    f"{path}:{number}: class {name!r} of {item!r} is not one of the {len(label)} classes in "
+                    f"{classes_file}; fix the line or the class list"
+                )
+            records.append({"image": str(root / "images" / f"{item}.jpg"), "label": label[name]})
+        out[split] = _nonempty(path, records, "images")
+    return out
 
 
 _READERS: dict[str, Reader] = {

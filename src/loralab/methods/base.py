@@ -107,6 +107,10 @@ class Method:
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    def on_resume(self, model: nn.Module) -> None:
+        """Runs when a run resumes, after :meth:`load_state_dict` and before the checkpoint's tensors are loaded
+        into ``model``: methods that change the adapters' shapes during training (RoLoRA) re-shape them here."""
+
 
 METHODS: dict[str, type[Method]] = {}
 

@@ -1,9 +1,10 @@
 """What every task provides to the loop: its data, training features, a collator and an evaluation.
 
 A task is built from its config (``build_task``) before anything is loaded, so bad settings fail early. The run
-then calls, in order: ``load()`` (records of every split, checked), ``train_features(records, tokenizer)``,
-``collator(tokenizer)``, ``eval_sets(evals, tokenizer)`` once, and ``evaluate(model, eval_sets, ...)`` after each
-epoch. Records follow the hub dataset's layout whichever source they came from (see ``loralab.data.readers``).
+then calls, in order: ``load()`` (records of every split, checked), ``check_lengths(data, tokenizer)`` (before any
+weights are loaded), ``train_features(records, tokenizer)``, ``collator(tokenizer)``, ``eval_sets(evals,
+tokenizer)`` once, and ``evaluate(model, eval_sets, ...)`` after each epoch. Records follow the hub dataset's layout
+whichever source they came from (see ``loralab.data.readers``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class Task:
             raise ValueError(f"task {cfg.name}: unknown task.protocol {cfg.protocol!r}; known: dev_by_article")
         if cfg.main_metric not in self.metrics:
             raise ValueError(f"task {cfg.name}: main_metric {cfg.main_metric!r} is not one of {self.metrics}")
+        for key in ("limit_train", "limit_eval", "holdout"):
+            if (getattr(cfg, key) or 0) < 0:
+                raise ValueError(f"task {cfg.name}: task.{key} must be >= 0 or null, got {getattr(cfg, key)}")
 
     # ---- data ----------------------------------------------------------------------------------------------
     def data_dir(self) -> str | None:
@@ -78,7 +82,8 @@ class Task:
         return read_local(self.cfg.dataset, data_dir, self.cfg.subset), str(data_dir)
 
     def load(self) -> TaskData:
-        """Read the splits, apply the offline protocol and holdout, check the split names, apply the limits."""
+        """Read the splits, apply the offline protocol and holdout, check the split names, apply the limits; a split
+        left empty (by its file, task.holdout or a zero task.limit_*) is an error naming it and the source."""
         cfg = self.cfg
         splits, source = self.read_splits()
         if cfg.protocol == "dev_by_article":
@@ -91,6 +96,11 @@ class Task:
             source += f" (protocol dev_by_article: dev split by article, {cfg.eval_fraction:g} of articles for eval)"
         if cfg.holdout:
             rows = list(splits[cfg.train_split])
+            if cfg.holdout >= len(rows):
+                raise ValueError(
+                    f"task {cfg.name}: task.holdout={cfg.holdout} leaves split {cfg.train_split!r} empty: {source} "
+                    f"has {len(rows)} examples in it; lower task.holdout"
+                )
             random.Random(0).shuffle(rows)
             splits[cfg.train_split], splits["holdout"] = rows[cfg.holdout :], rows[: cfg.holdout]
             source += f" (holdout: {cfg.holdout} training examples held out as split 'holdout')"
@@ -104,7 +114,21 @@ class Task:
             )
         train = splits[cfg.train_split][: cfg.limit_train]
         evals = {s: splits[s][: cfg.limit_eval] for s in cfg.eval_splits}
+        limits = {cfg.train_split: "limit_train", **{s: "limit_eval" for s in cfg.eval_splits}}
+        for split, records in {cfg.train_split: train, **evals}.items():
+            if records:
+                continue
+            if splits[split]:
+                key = f"task.{limits[split]}"
+                cause = f"{key}=0 keeps none of its {len(splits[split])} examples; raise {key} or set it to null"
+            else:
+                cause = "it has no examples; check its file or choose another split (task.train_split / eval_splits)"
+            raise ValueError(f"task {cfg.name}: split {split!r} of {source} is empty: {cause}")
         return TaskData(train, evals, source)
+
+    def check_lengths(self, data: TaskData, tokenizer: Any) -> None:
+        """Raise ValueError when ``task.max_seq_length`` (or ``max_target_length``) truncates every training example
+        to nothing; needs only the tokenizer, so a run calls it before loading weights. No check by default."""
 
     # ---- features and evaluation (per kind) -----------------------------------------------------------------
     def train_features(self, data: TaskData, tokenizer: Any) -> list[dict]:

@@ -57,7 +57,20 @@ class GlueClassification(Task):
         splits = {s: load_glue(self.spec.name, s, data_dir) for s in (self.cfg.train_split, *self.cfg.eval_splits)}
         return splits, str(data_dir) if data_dir else "hub:nyu-mll/glue"
 
+    def check_lengths(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Fail when ``max_seq_length`` leaves no room beyond the special tokens: no input token would survive."""
+        pair = data.train[0].text_b is not None
+        specials = tokenizer.num_special_tokens_to_add(pair=pair)
+        if self.cfg.max_seq_length <= specials:
+            raise ValueError(
+                f"task {self.cfg.name}: task.max_seq_length={self.cfg.max_seq_length} leaves no room for text after "
+                f"the {specials} special tokens of a {'sentence pair' if pair else 'sentence'}: all "
+                f"{len(data.train)} training examples would be truncated to nothing; raise task.max_seq_length "
+                f"above {specials}"
+            )
+
     def train_features(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> list[dict]:
+        self.check_lengths(data, tokenizer)
         return encode(data.train, tokenizer, self.cfg.max_seq_length)
 
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> Collator:

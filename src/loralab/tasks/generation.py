@@ -154,7 +154,30 @@ class Generation(Task):
         return [tokenizer.bos_token_id] if self.model_kind == "causal_lm" and tokenizer.bos_token_id is not None else []
 
     # ---- training --------------------------------------------------------------------------------------------
+    def check_lengths(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Fail when the length limits cut every training prompt (seq2seq) or target to zero tokens; partial cuts
+        are counted by ``train_features`` instead."""
+        cfg, n = self.cfg, len(data.train)
+        if self.model_kind == "seq2seq_lm":
+            specials = tokenizer.num_special_tokens_to_add(pair=False)
+            for key, part in (("max_seq_length", "prompt"), ("max_target_length", "target")):
+                if getattr(cfg, key) <= specials:
+                    raise ValueError(
+                        f"task {cfg.name}: task.{key}={getattr(cfg, key)} leaves no room for the {part} after the "
+                        f"tokenizer's {specials} special token(s): all {n} training {part}s would be truncated to "
+                        f"nothing; raise task.{key} above {specials}"
+                    )
+            return
+        bos = len(self._bos(tokenizer))
+        if cfg.max_seq_length < bos + 2:
+            raise ValueError(
+                f"task {cfg.name}: task.max_seq_length={cfg.max_seq_length} leaves no room for the target: all {n} "
+                f"training targets would be cut to zero tokens (a sequence holds {'1 BOS, ' if bos else ''}1 prompt "
+                f"and at least 1 target token); raise task.max_seq_length to at least {bos + 2}"
+            )
+
     def train_features(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> list[dict]:
+        self.check_lengths(data, tokenizer)
         cfg, features, cut_prompts, cut_targets = self.cfg, [], 0, 0
         bos = self._bos(tokenizer)
         for record in data.train:

@@ -45,7 +45,12 @@ class ExtractiveQA(Task):
             )
         super().__init__(cfg)
 
-    def _windows(self, records: list[dict], tokenizer: PreTrainedTokenizerBase) -> Any:
+    def check_lengths(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Fail when the longest question of any split leaves a window no room for context."""
+        for records in (data.train, *data.evals.values()):
+            self._check_room(records, tokenizer)
+
+    def _check_room(self, records: list[dict], tokenizer: PreTrainedTokenizerBase) -> None:
         if not tokenizer.is_fast:
             raise ValueError(f"task {self.cfg.name}: extractive QA needs a fast tokenizer (offset mappings)")
         longest = max(len(tokenizer(r["question"].lstrip(), add_special_tokens=False)["input_ids"]) for r in records)
@@ -56,6 +61,9 @@ class ExtractiveQA(Task):
                 f"no room for context in max_seq_length {self.cfg.max_seq_length}; raise task.max_seq_length or "
                 "lower task.doc_stride"
             )
+
+    def _windows(self, records: list[dict], tokenizer: PreTrainedTokenizerBase) -> Any:
+        self._check_room(records, tokenizer)
         return tokenizer(  # question first, then the context (sequence id 1), cut into overlapping windows
             [r["question"].lstrip() for r in records],
             [r["context"] for r in records],

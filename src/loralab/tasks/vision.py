@@ -44,6 +44,19 @@ class ImageClassification(Task):
         array = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
         return torch.from_numpy((array - 0.5) / 0.5).permute(2, 0, 1)
 
+    def load(self) -> TaskData:
+        """The records, with every label checked against the dataset's classes."""
+        data = super().load()
+        for split, records in {self.cfg.train_split: data.train, **data.evals}.items():
+            for i, record in enumerate(records):
+                if not 0 <= record[self.label_key] < self.num_labels:
+                    raise ValueError(
+                        f"task {self.cfg.name}: split {split!r} of {data.source}, example {i}: {self.label_key} "
+                        f"{record[self.label_key]} is not one of the {self.num_labels} classes 0..{self.num_labels - 1}"
+                        f"; fix the data or check task.dataset"
+                    )
+        return data
+
     def _features(self, records: list[dict]) -> list[dict]:
         return [{"image": r[self.image_key], "labels": int(r[self.label_key])} for r in records]
 

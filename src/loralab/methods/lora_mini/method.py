@@ -13,10 +13,11 @@ class LoraMini(Method):
         r, a, b = self.cfg.r, self.cfg.a, self.cfg.b
         if min(r, a, b) < 1:
             raise ValueError(f"lora_mini: r, a and b must be >= 1, got r={r} a={a} b={b}")
-        if a > in_features or b > out_features:
+        too_big = [f"{k}={v} must be <= {d}" for k, v, d in (("a", a, in_features), ("b", b, out_features)) if v > d]
+        if too_big:
             raise ValueError(
                 f"lora_mini: impossible shape for {module_name} ({in_features} -> {out_features}): "
-                f"a={a} must be <= {in_features} and b={b} <= {out_features}; choose smaller method.a/method.b"
+                f"{' and '.join(too_big)}; choose smaller method.a/method.b (or a rab= grid point that fits)"
             )
         return [
             Factor("A_aux", "matrix", in_features, a, trainable=False),

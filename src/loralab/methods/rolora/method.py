@@ -140,8 +140,18 @@ class Rolora(AdaLora):
         }
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "mu": self.mu, "rank_history": self.rank_history}
+        return {**super().state_dict(), "mu": self.mu, "rank_history": self.rank_history,
+                "allocated_max": self.allocated_max}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.mu, self.rank_history = state["mu"], state["rank_history"]
+        self.mu, self.rank_history, self.allocated_max = state["mu"], state["rank_history"], state["allocated_max"]
+
+    @torch.no_grad()
+    def on_resume(self, model: nn.Module) -> None:
+        """The ranks of the last re-allocation (the checkpoint's values are loaded into them afterwards)."""
+        if not self.rank_history:
+            return
+        for name, layer in self.layers(model).items():
+            _diagonal(layer).zero_()  # no active component: the resize only sets shapes
+            resize_triplets(layer, self.rank_history[-1][name])
