@@ -46,6 +46,13 @@ BENCH_ARGS ?= --device cpu --batch 8 --seq 64 --steps 5 --warmup 2
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/peft_compare.py $(BENCH_ARGS) --out results/bench/peft_compare_$(word 2,$(BENCH_ARGS)).md
 
+# LoRA-Mini's grid (14 rab points x D, D+A) trained fused (hydra/launcher=fused) vs one run after another, with the
+# results checked equal (CPU, ~12 min; a subset: BENCH_FUSED_ARGS="--points r8_a16_b16,r8_a64_b64 --steps 5")
+BENCH_FUSED_ARGS ?= --steps 10 --limit-eval 32
+.PHONY: bench-fused
+bench-fused: setup
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) bench/fused_sweep.py $(BENCH_FUSED_ARGS) --out results/bench/fused_sweep_cpu.md
+
 # Paper tables (experiments/<paper>/<table>.yaml): run the missing runs, then render results/tables/<paper>/.
 #   make table5                  LoRA-Mini's numbering: experiments/lora_mini/table5.yaml (also lora-mini-fig2)
 #   make tied-lora-table2 rm-lora-table1 rolora-table6 rm-lora-fig1 ...

@@ -100,7 +100,7 @@ def dry_run(plan: Plan) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-def _precision(trainer: TrainerConfig) -> str:
+def precision_mode(trainer: TrainerConfig) -> str:
     """Accelerate's mixed-precision mode; also checks the trainer settings before anything is built."""
     if trainer.schedule not in SCHEDULES:
         raise ValueError(f"trainer.schedule must be one of {sorted(SCHEDULES)}, got {trainer.schedule!r}")
@@ -110,6 +110,83 @@ def _precision(trainer: TrainerConfig) -> str:
     if trainer.precision == "bf16" and not gpu_bf16:
         raise ValueError("trainer.precision=bf16 needs a GPU with bf16 support; use auto or fp32")
     return "bf16" if trainer.precision == "bf16" or (trainer.precision == "auto" and gpu_bf16) else "no"
+
+
+def train_batches(plan: Plan, data: TaskData, tokenizer) -> tuple[DataLoader, torch.Generator]:
+    """The training batches in the run's order: shuffled by a generator seeded with ``trainer.seed``."""
+    gen = torch.Generator().manual_seed(plan.trainer.seed)
+    loader = DataLoader(
+        plan.runner.train_features(data, tokenizer),
+        plan.trainer.batch_size,
+        shuffle=True,
+        collate_fn=plan.runner.collator(tokenizer),
+        generator=gen,
+    )
+    return loader, gen
+
+
+def lr_schedule(tr: TrainerConfig, optimizer: torch.optim.Optimizer, batches_per_epoch: int) -> tuple[Any, int]:
+    """The learning-rate schedule and the number of optimizer steps it spans.
+
+    ``batches_per_epoch`` is what this process sees (after ``accelerator.prepare``: with N data-parallel processes
+    each takes every N-th batch), so the schedule covers the steps that happen. It is stepped once per optimizer
+    step by the loop, not handed to accelerate (which would step it N times per step).
+    """
+    steps_per_epoch = math.ceil(batches_per_epoch / tr.grad_accum)
+    total = min(tr.max_steps or sys.maxsize, steps_per_epoch * tr.epochs)
+    warmup = tr.warmup_steps if tr.warmup_steps is not None else int(tr.warmup_ratio * total)
+    return SCHEDULES[tr.schedule](optimizer, warmup, total), total
+
+
+def save_best(plan: Plan, model: nn.Module, output_dir: Path, record: dict, evaluation: Evaluation) -> None:
+    """A new best epoch: its adapter (``adapter.safetensors``) and predictions (``predictions_<split>.jsonl``)."""
+    if plan.trainer.save_adapter and plan.method.saves_adapter:
+        meta = {"phase": str(record["phase"]), "epoch": str(record["epoch"])}
+        save_adapter(model, output_dir / "adapter.safetensors", meta)
+    for split, rows in evaluation.outputs.items():  # generated / extracted answers of the best epoch
+        with open(output_dir / f"predictions_{split}.jsonl", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def result_record(
+    plan: Plan,
+    resolved: dict,
+    history: dict,
+    model: nn.Module,
+    counts: dict[str, int],
+    targets: list[str],
+    weights_source: str,
+    data: TaskData,
+    accelerator: Accelerator,
+    start: float,
+    resumed: int,
+) -> dict[str, Any]:
+    """The content of ``results.json``: what was run, on what, its metrics, and the run's circumstances."""
+    return {
+        "status": "finished",
+        "config": resolved,
+        "run_id": run_id(resolved),
+        "model": plan.model.name,
+        "task": plan.task.name,
+        "method": plan.method.name,
+        "main_metric": plan.task.main_metric,
+        "metrics": history,
+        "method_metrics": plan.method.final_metrics(model),
+        "params": counts,
+        "adapted_modules": len(targets),
+        "weights_source": weights_source,
+        "data_source": data.source,
+        "num_train_examples": len(data.train),
+        "num_eval_examples": {k: len(v) for k, v in data.evals.items()},
+        "data_stats": data.stats,
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "resumed": resumed,
+        "wall_time_s": round(time.time() - start, 3),
+        "peak_memory_bytes": peak_memory_bytes(),
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
 
 
 @dataclass
@@ -215,24 +292,12 @@ def train(
     consumed). ``on_epoch(record, evaluation)`` is called after each epoch's evaluation; a checkpoint is written
     every ``trainer.checkpoint_every`` optimizer steps and after every epoch."""
     tr, method, task = plan.trainer, plan.method, plan.runner
-    gen = torch.Generator().manual_seed(tr.seed)
-    train_loader = DataLoader(
-        task.train_features(data, tokenizer),
-        tr.batch_size,
-        shuffle=True,
-        collate_fn=task.collator(tokenizer),
-        generator=gen,
-    )
+    train_loader, gen = train_batches(plan, data, tokenizer)
     eval_sets = task.eval_sets(data, tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
     adamw = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
     model, optimizer, train_loader = accelerator.prepare(model, adamw, train_loader)
-    # steps of this process: with N data-parallel processes each takes every N-th batch, so the schedule is set
-    # for the steps that happen (the scheduler is not handed to accelerate, which would step it N times per step)
-    steps_per_epoch = math.ceil(len(train_loader) / tr.grad_accum)
-    total = min(tr.max_steps or sys.maxsize, steps_per_epoch * tr.epochs)
-    warmup = tr.warmup_steps if tr.warmup_steps is not None else int(tr.warmup_ratio * total)
-    scheduler = SCHEDULES[tr.schedule](adamw, warmup, total)
+    scheduler, total = lr_schedule(tr, adamw, len(train_loader))
     method.on_train_start(model, optimizer, total)  # hook: before the first step
     checkpoints.restore_loop(optimizer, scheduler, gen)
 
@@ -307,7 +372,7 @@ def train(
 
 
 # --------------------------------------------------------------------------------------------------------------
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     names = ("torch", "transformers", "accelerate", "hydra-core", "wandb", "datasets", "loralab")
     out = {"python": sys.version.split()[0]}
     for n in names:
@@ -318,7 +383,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True)
@@ -327,7 +392,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _peak_memory_bytes() -> int:
+def peak_memory_bytes() -> int:
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
@@ -391,7 +456,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         log.info("%s: already finished, not run again", output_dir / RESULTS_FILE)
         return done
 
-    mixed_precision = _precision(plan.trainer)
+    mixed_precision = precision_mode(plan.trainer)
     if plan.trainer.iterations > 1 and plan.method.phases > 1:
         raise ValueError(
             f"{plan.method.name} runs {plan.method.phases} phases of its own: leave trainer.iterations at 1"
@@ -420,7 +485,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     checkpoints = Checkpoints(output_dir, rid, plan.trainer.checkpoint_every, plan.method, accelerator)
     progress = Progress()
     checkpoints.resume(model, progress)
-    wandb_run = _wandb_init(plan, resolved, output_dir, checkpoints.wandb_id) if accelerator.is_main_process else None
+    wandb_run = wandb_init(plan, resolved, output_dir, checkpoints.wandb_id) if accelerator.is_main_process else None
     checkpoints.wandb_id = None if wandb_run is None else wandb_run.id
     log.info("%s on %s with %s: %s", plan.model.name, plan.task.name, plan.method.name, counts)
 
@@ -434,14 +499,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             unwrapped = accelerator.unwrap_model(model)
             if restarts:
                 checkpoints.best_adapter = {k: t.clone() for k, t in adapter_state_dict(unwrapped).items()}
-            if not accelerator.is_main_process:  # data-parallel: every process evaluates, the first one writes
-                return
-            if plan.trainer.save_adapter and plan.method.saves_adapter:
-                meta = {"phase": str(record["phase"]), "epoch": str(record["epoch"])}
-                save_adapter(unwrapped, output_dir / "adapter.safetensors", meta)
-            for split, rows in evaluation.outputs.items():  # generated / extracted answers of the best epoch
-                with open(output_dir / f"predictions_{split}.jsonl", "w") as f:
-                    f.writelines(json.dumps(row) + "\n" for row in rows)
+            if accelerator.is_main_process:  # data-parallel: every process evaluates, the first one writes
+                save_best(plan, unwrapped, output_dir, record, evaluation)
 
     for phase in range(progress.phase, max(plan.method.phases, plan.trainer.iterations)):
         if not progress.phase_done:
@@ -454,32 +513,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         progress = Progress(phase=phase + 1, steps_before=steps, history=progress.history, best=progress.best,
                             resumes=progress.resumes)  # fmt: skip
     history = {"epochs": progress.history, "best": progress.best, "steps": progress.steps_before}
-    method_metrics = plan.method.final_metrics(accelerator.unwrap_model(model))
-    result = {
-        "status": "finished",
-        "config": resolved,
-        "run_id": rid,
-        "model": plan.model.name,
-        "task": plan.task.name,
-        "method": plan.method.name,
-        "main_metric": plan.task.main_metric,
-        "metrics": history,
-        "method_metrics": method_metrics,
-        "params": counts,
-        "adapted_modules": len(targets),
-        "weights_source": weights_source,
-        "data_source": data.source,
-        "num_train_examples": len(data.train),
-        "num_eval_examples": {k: len(v) for k, v in data.evals.items()},
-        "data_stats": data.stats,
-        "device": str(accelerator.device),
-        "mixed_precision": accelerator.mixed_precision,
-        "resumed": progress.resumes,
-        "wall_time_s": round(time.time() - start, 3),
-        "peak_memory_bytes": _peak_memory_bytes(),
-        "versions": _versions(),
-        "git_commit": _git_commit(),
-    }
+    unwrapped = accelerator.unwrap_model(model)
+    result = result_record(plan, resolved, history, unwrapped, counts, targets, weights_source, data, accelerator,
+                           start, progress.resumes)  # fmt: skip
     if accelerator.is_main_process:
         write_json_atomic(output_dir / RESULTS_FILE, result)
         if not plan.trainer.keep_checkpoint:
@@ -490,7 +526,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     return result
 
 
-def _wandb_init(plan: Plan, resolved: dict, output_dir: Path, run_id: str | None):
+def wandb_init(plan: Plan, resolved: dict, output_dir: Path, wandb_id: str | None = None):
+    """A W&B run for this config (None with ``logger.mode=disabled``); ``wandb_id`` continues an earlier one."""
     if plan.logger.mode == "disabled":
         return None
     import wandb
@@ -503,6 +540,6 @@ def _wandb_init(plan: Plan, resolved: dict, output_dir: Path, run_id: str | None
         mode=plan.logger.mode,
         dir=str(output_dir),
         name=plan.logger.name or f"{plan.model.name}-{plan.task.name}-{plan.method.name}",
-        id=run_id,  # a resumed run continues its W&B run
-        resume="allow" if run_id else None,
+        id=wandb_id,  # a resumed run continues its W&B run
+        resume="allow" if wandb_id else None,
     )

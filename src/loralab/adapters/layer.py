@@ -176,7 +176,22 @@ def _product(chain: Sequence[tuple[Factor, torch.Tensor]]) -> torch.Tensor:
     return m
 
 
-class AdapterLinear(nn.Module):
+class LinearWrapper(nn.Module):
+    """A module standing in for the linear layer ``self.base``; model code that reads the layer's ``weight`` or
+    ``bias`` (e.g. T5's feed-forward checks ``wo.weight.dtype``) gets the base layer's."""
+
+    base: nn.Module
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+
+class AdapterLinear(LinearWrapper):
     """A frozen linear layer plus a chain of adapter factors (see module docstring)."""
 
     def __init__(
@@ -223,15 +238,6 @@ class AdapterLinear(nn.Module):
             raise ValueError(
                 f"impossible adapter shape: the chain ends with size {dim}, the layer outputs {self.out_features}"
             )
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The base layer's weight (model code reads it, e.g. T5's feed-forward checks ``wo.weight.dtype``)."""
-        return self.base.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
 
     def tensor(self, factor: Factor) -> torch.Tensor:
         """The tensor this module uses for ``factor`` (a row block of it, for a sliced tied factor)."""
