@@ -41,8 +41,9 @@ dry-run: setup
 clean:
 	rm -rf outputs multirun .pytest_cache
 
-# loralab vs peft step time and peak memory (CPU here; on a GPU: make bench BENCH_ARGS="--device cuda ...")
-BENCH_ARGS ?= --device cpu --batch 8 --seq 64 --steps 5 --warmup 2
+# loralab vs peft step time and peak memory (CPU here, ~25 min: 2 interleaved processes per row; on a GPU: make bench
+# BENCH_ARGS="--device cuda ...")
+BENCH_ARGS ?= --device cpu --batch 8 --seq 64 --steps 20 --warmup 3 --repeats 2
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/peft_compare.py $(BENCH_ARGS) --out results/bench/peft_compare_$(word 2,$(BENCH_ARGS)).md
 

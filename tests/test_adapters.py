@@ -555,6 +555,48 @@ def test_lora_mini_fast_path_matches_factor_by_factor():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+SPLIT_CHAINS = {
+    # name: (factors, expected cut); diagonals on either side of the cut, and one that starts the right side
+    "diag_right": (
+        [Factor("A_aux", "matrix", 48, 32, trainable=False), Factor("A", "matrix", 32, 4),
+         Factor("B", "matrix", 4, 24), Factor("v", "diag", 24, 24), Factor("B_aux", "matrix", 24, 40, trainable=False)],
+        2,
+    ),
+    "diag_at_cut": (
+        [Factor("w", "diag", 48, 48), Factor("A_aux", "matrix", 48, 32, trainable=False), Factor("A", "matrix", 32, 4),
+         Factor("u", "diag", 4, 4), Factor("B", "matrix", 4, 24), Factor("B_aux", "matrix", 24, 40)],
+        3,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("chain", sorted(SPLIT_CHAINS))
+def test_split_chain_with_diagonals_matches_factor_by_factor(chain: str):
+    # the right side of the cut is multiplied out transposed (_product_t): same values and gradients
+    factors, cut = SPLIT_CHAINS[chain]
+    torch.manual_seed(0)
+    layer = AdapterLinear(nn.Linear(48, 40), factors, scaling=0.5).double()
+    assert layer._split == cut
+    with torch.no_grad():  # diagonals away from one, so a transposed or misplaced scale would show
+        for t in layer.factors.values():
+            t.normal_()
+    x = torch.randn(3, 5, 48, dtype=torch.float64)
+
+    fast = layer.adapter_output(x)
+    slow = x
+    for f, t in layer.chain():
+        slow = slow * t if f.kind == "diag" else slow @ t.T
+    slow = slow * 0.5
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+
+    params = [p for p in layer.factors.values() if p.requires_grad]
+    assert len(params) == sum(f.trainable for f in factors)
+    g_fast = torch.autograd.grad(fast.square().sum(), params)
+    g_slow = torch.autograd.grad(slow.square().sum(), params)
+    for a, b in zip(g_fast, g_slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_two_factor_and_diagonal_chains_are_applied_factor_by_factor():
     lora = AdapterLinear(nn.Linear(16, 16), Lora(LoraConfig(r=4)).factors("m", 16, 16), scaling=1.0)
     tied_like = [
