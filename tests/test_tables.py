@@ -129,6 +129,52 @@ def test_runs_share_a_run_name_and_skip_paper_only(tmp_path):
     )
 
 
+def test_row_offline_overrides_apply_offline_only_and_are_stated(tmp_path):
+    rows = [{**SPEC["rows"][0], "offline": ["trainer.lr=5e-3"]}, SPEC["rows"][1]]
+    spec = tables.load_spec(write_spec(tmp_path, {**SPEC, "rows": rows}))
+    offline = tables.plan_runs(spec, "offline", tmp_path)
+    assert offline[0].overrides == [
+        *SPEC["base"],
+        "trainer.max_steps=2",
+        "method=lora",
+        "method.r=2",
+        "trainer.lr=5e-3",
+    ]
+    assert "trainer.lr=5e-3" not in offline[1].overrides
+    assert all("trainer.lr=5e-3" not in r.overrides for r in tables.plan_runs(spec, "paper", tmp_path))
+    header = "\n".join(tables.describe_runs(spec, "offline", {}))
+    assert "lora_r2 `trainer.lr=5e-3`" in header
+    assert "trainer.lr" not in "\n".join(tables.describe_runs(spec, "paper", {}))
+
+
+def test_a_column_reads_another_tables_runs_without_training_them(tmp_path, monkeypatch):
+    write_spec(tmp_path)  # tab1, whose rte runs the figure reads
+    fig = {**SPEC, "base": [SPEC["base"][0], "logger.mode=disabled", "task=glue/rte"], "columns": [
+        {"id": "acc", "metric": "accuracy", "runs_of": "tab1/rte"}]}  # fmt: skip
+    path = tmp_path / "experiments" / "mypaper" / "fig1.yaml"
+    path.write_text(yaml.safe_dump(fig))
+    path.with_suffix(".csv").write_text("row,column,value,params\n")
+    spec = tables.load_spec(path)
+    runs = tables.plan_runs(spec, "offline", tmp_path)
+    assert [r.dir for r in runs] == [tmp_path / f"runs/mypaper/tab1/offline/{r}/rte" for r in ("lora_r2", "lora_r4")]
+    monkeypatch.setattr(tables.subprocess, "run", lambda cmd, **kw: pytest.fail("trained another table's run"))
+    assert tables.execute(spec, "offline", tmp_path) == 0
+    put(tmp_path, "lora_r2", 1, fake_result(0.7))
+    md = tables.build_table(path, "offline", run=False, results_root=tmp_path).read_text()
+    assert "acc = the runs of tab1/rte" in md and "| lora_r2 | acc | 70.00 |" in md
+    # the same effective overrides in another order are the same runs; other ones are stale and not shown
+    recorded = [*SPEC["base"], "trainer.max_steps=2", "method=lora", "method.r=2", "trainer.seed=1"]
+    multirun = tmp_path / "runs/mypaper/tab1/offline/lora_r2/rte/multirun.yaml"
+    multirun.write_text(yaml.safe_dump({"hydra": {"overrides": {"task": recorded}}}))
+    assert not tables.is_stale(runs[0])
+    multirun.write_text(yaml.safe_dump({"hydra": {"overrides": {"task": [*recorded, "trainer.lr=1"]}}}))
+    assert tables.is_stale(runs[0]) and tables.results_from_disk(spec, "offline", tmp_path) == {}
+    for bad, says in (("tab9/rte", "must be '<table>/<run name>'"), ("tab1/sst2", "has no run 'sst2'")):
+        path.write_text(yaml.safe_dump({**fig, "columns": [{"id": "acc", "runs_of": bad}]}))
+        with pytest.raises(ValueError, match=says):
+            tables.load_spec(path)
+
+
 def test_execute_trains_only_what_is_missing_then_renders(tmp_path, tiny_glue, monkeypatch):
     spec_path = write_spec(tmp_path, {**SPEC, "base": [*SPEC["base"], f"task.data_dir={tiny_glue}"]})
     spec = tables.load_spec(spec_path)
@@ -152,6 +198,22 @@ def test_execute_trains_only_what_is_missing_then_renders(tmp_path, tiny_glue, m
     assert trained["config"]["trainer"]["seed"] == 2 and trained["config"]["method"]["r"] == 4
     rerun = json.loads((tmp_path / "runs/mypaper/tab1/offline/lora_r2/rte/seed2/results.json").read_text())
     assert rerun["status"] == "finished" and rerun["config"]["method"]["r"] == 2  # the unfinished one replaced
+
+    # the spec is edited (another offline schedule): the old results are neither rendered nor deleted, and run again
+    edited = {
+        **SPEC,
+        "base": [*SPEC["base"], f"task.data_dir={tiny_glue}"],
+        "profiles": {"offline": ["trainer.max_steps=1"]},
+    }
+    spec = tables.load_spec(write_spec(tmp_path, edited))
+    assert all(tables.is_stale(r) for r in tables.plan_runs(spec, "offline", tmp_path))
+    assert tables.results_from_disk(spec, "offline", tmp_path) == {}
+    calls.clear()
+    monkeypatch.setattr(tables.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    assert tables.execute(spec, "offline", tmp_path) == 2
+    assert "trainer.max_steps=1" in calls[0]
+    aside = list((tmp_path / "runs/mypaper/tab1/offline/lora_r2").glob("rte.stale-*/seed2/results.json"))
+    assert len(aside) == 1 and json.loads(aside[0].read_text())["status"] == "finished"
 
 
 def test_results_from_wandb_runs(tmp_path):
@@ -185,6 +247,11 @@ def test_every_committed_spec_loads_and_its_runs_compose(path):
             make_plan(cfg)
             metrics = {c.metric for c in spec.columns if c.run_name == run.name}
             assert cfg.task.name and metrics, run
+        for run in runs:  # a column reading another table's runs asks for exactly what that table trains
+            if run.owner is not None:
+                owner = tables.load_spec(path.parent / f"{run.owner}.yaml")
+                trained = {r.dir: r for r in tables.plan_runs(owner, profile, PROJECT_ROOT / "results")}[run.dir]
+                assert tables.effective(run.overrides) == tables.effective(trained.overrides), run
 
 
 def test_table_logged_to_wandb_as_a_table(tmp_path, monkeypatch):

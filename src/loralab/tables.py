@@ -21,6 +21,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class Column:
     overrides: list[str] = field(default_factory=list)
     metric: str | None = None
     run: str | None = None  # columns sharing a run name share one training run (e.g. MRPC accuracy and F1)
+    runs_of: str | None = None  # "<table>/<run name>": read that table's runs (same paper), never train them here
     paper_only: bool = False
     offline_skip: bool = False
     note: str | None = None
@@ -56,6 +58,7 @@ class Row:
     x: float | None = None
     paper_only: bool = False
     offline_skip: bool = False  # e.g. a second backbone whose offline stand-in is the same as another row's
+    offline: list[str] = field(default_factory=list)  # after the row's overrides, offline profile only (e.g. an lr)
     note: str | None = None
 
 
@@ -107,9 +110,24 @@ def load_spec(path: str | Path) -> Spec:
             raise ValueError(f"{path}: duplicate {what} id(s) {dup}")
     if spec.figure and spec.figure.get("kind", "line") not in FIGURE_KINDS:
         raise ValueError(f"{path}: figure kind {spec.figure.get('kind')!r} is not one of {FIGURE_KINDS}")
+    for col in columns:
+        if col.runs_of:
+            check_runs_of(path, col)
     if spec.kind not in ("table", "reference"):
         raise ValueError(f"{path}: kind must be table or reference, got {spec.kind!r}")
     return spec
+
+
+def check_runs_of(path: Path, col: Column) -> None:
+    """A column's ``runs_of`` names a spec beside this one and one of its run names."""
+    table, _, name = col.runs_of.partition("/")
+    other = path.parent / f"{table}.yaml"
+    if not name or not other.is_file():
+        raise ValueError(f"{path}: column {col.id}: runs_of {col.runs_of!r} must be '<table>/<run name>' of a spec in "
+                         f"{path.parent}")  # fmt: skip
+    names = {c.get("run") or c["id"] for c in yaml.safe_load(other.read_text()).get("columns", [])}
+    if name not in names:
+        raise ValueError(f"{path}: column {col.id}: {other} has no run {name!r}; its runs: {sorted(names)}")
 
 
 def paper_numbers(spec: Spec) -> dict[tuple[str, str], dict[str, str]]:
@@ -138,6 +156,7 @@ class Run:
     name: str
     overrides: list[str]
     dir: Path
+    owner: str | None = None  # the table that trains this run when it is another table's (a column's runs_of)
 
     def seed_dir(self, seed: int) -> Path:
         return self.dir / f"seed{seed}"
@@ -167,8 +186,11 @@ def plan_runs(spec: Spec, profile: str, results_root: Path) -> list[Run]:
                 continue
             key = (row.id, col.run_name)
             if key not in runs:
-                where = results_root / "runs" / spec.paper / spec.name / profile / row.id / col.run_name
-                runs[key] = Run(row.id, col.run_name, [*spec.base, *extra, *row.overrides, *col.overrides], where)
+                table, name = col.runs_of.split("/", 1) if col.runs_of else (spec.name, col.run_name)
+                where = results_root / "runs" / spec.paper / table / profile / row.id / name
+                own = [*row.overrides, *(row.offline if profile == "offline" else [])]
+                owner = table if col.runs_of else None
+                runs[key] = Run(row.id, col.run_name, [*spec.base, *extra, *own, *col.overrides], where, owner)
     return list(runs.values())
 
 
@@ -180,6 +202,32 @@ def read_result(seed_dir: Path) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     return result if result.get("status") == "finished" else None
+
+
+# what execute() adds to a run's overrides; not part of what the spec asks for
+_EXECUTE_ADDS = ("trainer.seed=", "trainer.progress=", "logger.group=", "logger.name=")
+
+
+def trained_overrides(run: Run) -> list[str] | None:
+    """The spec overrides the results in ``run.dir`` were trained with (from Hydra's ``multirun.yaml``), or None
+    when the folder does not say (no multirun.yaml: nothing trained there yet, or results put there by hand)."""
+    try:
+        recorded = yaml.safe_load((run.dir / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return [o for o in recorded if not o.startswith(_EXECUTE_ADDS)]
+
+
+def effective(overrides: list[str]) -> dict[str, str]:
+    """Overrides by key, the last of a key winning (``model=roberta-base model=minilm-l6`` is minilm-l6): two lists
+    with the same effective overrides compose the same config, whatever their order."""
+    return {o.partition("=")[0].lstrip("+~"): o for o in overrides}
+
+
+def is_stale(run: Run) -> bool:
+    """Whether ``run.dir`` holds results of other overrides than the spec now gives (the spec was edited since)."""
+    trained = trained_overrides(run)
+    return trained is not None and effective(trained) != effective(run.overrides)
 
 
 def execute(
@@ -195,6 +243,14 @@ def execute(
     for run in plan_runs(spec, profile, results_root):
         if wanted is not None and run.name not in wanted:
             continue
+        if run.owner is not None:  # another table's run: read, never trained or moved from here
+            if any(read_result(run.seed_dir(s)) is None for s in spec.seeds):
+                log.info("%s/%s: runs of %s, not trained from here (make that table)", run.row, run.name, run.owner)
+            continue
+        if is_stale(run):  # kept, not deleted: renamed out of the way, the run is trained again
+            aside = run.dir.with_name(f"{run.dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+            log.warning("%s was trained with other overrides than %s now gives; moved to %s", run.dir, spec.path, aside)
+            run.dir.rename(aside)
         missing = [s for s in spec.seeds if read_result(run.seed_dir(s)) is None]
         if not missing:
             continue
@@ -318,6 +374,10 @@ def collect(
 def results_from_disk(spec: Spec, profile: str, results_root: Path) -> dict[tuple[str, str], list[dict]]:
     out = {}
     for run in plan_runs(spec, profile, results_root):
+        if is_stale(run):
+            log.warning("ignoring %s: trained with other overrides than %s now gives (make runs it again)", run.dir,
+                        spec.path)  # fmt: skip
+            continue
         found = [r for s in spec.seeds if (r := read_result(run.seed_dir(s))) is not None]
         if found:
             out[(run.row, run.name)] = found
@@ -373,6 +433,12 @@ def describe_runs(spec: Spec, profile: str, results: dict[tuple[str, str], list[
     if extra is None:
         return [*lines, f"- Not runnable under the {profile} profile (see notes); only the paper's numbers."]
     lines.append(f"- Overrides of all runs: `{' '.join([*spec.base, *extra]) or '(none)'}`; seeds {spec.seeds}.")
+    shared = [f"{c.id} = the runs of {c.runs_of} (`make` trains them there)" for c in spec.columns if c.runs_of]
+    if shared:
+        lines.append(f"- Columns read from other tables: {'; '.join(shared)}.")
+    per_row = [f"{r.id} `{' '.join(r.offline)}`" for r in spec.rows if r.offline and profile == "offline"]
+    if per_row:
+        lines.append(f"- Offline overrides of single rows (after the row's own): {'; '.join(per_row)}.")
     if results:
         r = next(iter(results.values()))[0]
         trainer, task = r.get("config", {}).get("trainer", {}), r.get("config", {}).get("task", {})
