@@ -50,6 +50,14 @@ class Column:
     def run_name(self) -> str:
         return self.run or self.id
 
+    @property
+    def owner(self) -> tuple[str | None, str]:
+        """Which table trains this column's runs and under which run name: (None, run name) for its own table."""
+        if not self.runs_of:
+            return None, self.run_name
+        table, _, name = self.runs_of.partition("/")
+        return table, name
+
 
 @dataclass(frozen=True)
 class Row:
@@ -120,7 +128,7 @@ def load_spec(path: str | Path) -> Spec:
 
 def check_runs_of(path: Path, col: Column) -> None:
     """A column's ``runs_of`` names a spec beside this one and one of its run names."""
-    table, _, name = col.runs_of.partition("/")
+    table, name = col.owner
     other = path.parent / f"{table}.yaml"
     if not name or not other.is_file():
         raise ValueError(f"{path}: column {col.id}: runs_of {col.runs_of!r} must be '<table>/<run name>' of a spec in "
@@ -186,10 +194,9 @@ def plan_runs(spec: Spec, profile: str, results_root: Path) -> list[Run]:
                 continue
             key = (row.id, col.run_name)
             if key not in runs:
-                table, name = col.runs_of.split("/", 1) if col.runs_of else (spec.name, col.run_name)
-                where = results_root / "runs" / spec.paper / table / profile / row.id / name
+                owner, name = col.owner
+                where = results_root / "runs" / spec.paper / (owner or spec.name) / profile / row.id / name
                 own = [*row.overrides, *(row.offline if profile == "offline" else [])]
-                owner = table if col.runs_of else None
                 runs[key] = Run(row.id, col.run_name, [*spec.base, *extra, *own, *col.overrides], where, owner)
     return list(runs.values())
 
