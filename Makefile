@@ -1,5 +1,6 @@
 # loralab: two commands on a fresh machine
-#   make run    the main job: LoRA-Mini on real GLUE RTE with the real all-MiniLM-L6-v2 (offline, CPU, ~10 min)
+#   make run    the main job: LoRA-Mini vs LoRA vs full fine-tuning on real GLUE STS-B with the real all-MiniLM-L6-v2
+#               (offline, CPU; experiments/main/stsb.yaml, into outputs/main)
 #   make test   the test suite (CPU, a few minutes)
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	HF_HUB_OFFLINE=1 $(PY) train.py experiment=rte_minilm
+	HF_HUB_OFFLINE=1 $(PY) -m loralab.main_job --jobs $(JOBS)
 
 test: setup
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest tests
@@ -41,10 +42,11 @@ dry-run: setup
 clean:
 	rm -rf outputs multirun .pytest_cache
 
-# loralab vs peft step time and peak memory (CPU here, ~25 min: 2 interleaved processes per row; on a GPU: make bench
-# BENCH_ARGS="--device cuda ...")
-BENCH_ARGS ?= --device cpu --batch 8 --seq 64 --steps 20 --warmup 3 --repeats 2
+# loralab vs peft step time and peak memory, and each against the frozen backbone's floor: steps alternate in one
+# process, median and range over 3 repeats (CPU here, ~20 min on an idle 2-core machine; a GPU: bench/gpu_all.sh)
+BENCH_ARGS ?= --device cpu --batch 8 --seq 64 --steps 8 --warmup 2 --repeats 3
 bench: setup
+	$(PY) -m pip install -q -e '.[bench]'
 	HF_HUB_OFFLINE=1 $(PY) bench/peft_compare.py $(BENCH_ARGS) --out results/bench/peft_compare_$(word 2,$(BENCH_ARGS)).md
 
 # LoRA-Mini's grid (14 rab points x D, D+A) trained fused (hydra/launcher=fused) vs one run after another, with the
@@ -60,13 +62,19 @@ bench-fused: setup
 #   make tables                  every spec
 #   PROFILE=paper (the paper's backbones and schedules: a GPU) or offline (default: this CPU machine);
 #   RUN=0 renders from the results on disk without training anything; COLUMNS=mrpc,stsb runs only those columns.
+#   PREFLIGHT=1 resolves every run (weights, tokenizer, data, steps, schedule, memory) and trains nothing; exit 1 when
+#   any run would fail or substitute. The paper profile leaves the hub on (HF_HUB_OFFLINE is set for offline only).
 PROFILE ?= offline
 RUN ?= 1
+# JOBS=2: two runs at once, one thread each (more runs per hour on this 2-core CPU: results/bench/throughput_cpu.md)
+JOBS ?= 1
 COLUMNS ?=
-TABLES := HF_HUB_OFFLINE=1 $(PY) -m loralab.tables --profile $(PROFILE) $(if $(filter 0,$(RUN)),--no-run) \
-	$(if $(COLUMNS),--columns $(COLUMNS))
+PREFLIGHT ?= 0
+TABLES := $(if $(filter paper,$(PROFILE)),,HF_HUB_OFFLINE=1) $(PY) -m loralab.tables --profile $(PROFILE) \
+	$(if $(filter 0,$(RUN)),--no-run) $(if $(COLUMNS),--columns $(COLUMNS)) $(if $(filter 1,$(PREFLIGHT)),--preflight) \
+	--jobs $(JOBS)
 tables: setup
-	$(TABLES) $(sort $(wildcard experiments/*/*.yaml))
+	$(TABLES) $(filter-out %/claims.yaml experiments/main/%,$(sort $(wildcard experiments/*/*.yaml)))
 table%: setup
 	$(TABLES) experiments/lora_mini/table$*.yaml
 lora-mini-%: setup
@@ -77,3 +85,16 @@ rm-lora-%: setup
 	$(TABLES) experiments/rm_lora/$*.yaml
 rolora-%: setup
 	$(TABLES) experiments/rolora/$*.yaml
+
+# Paper claims (experiments/<paper>/claims.yaml, see loralab.claims): train the missing seeds of the compared runs
+# (as make table* does), then render results/claims/<paper>.{md,csv,png} with verdicts and log them to W&B as a table
+# (WANDB=offline by default: wandb sync later; online; none). RUN=0 renders from the results on disk.
+#   make claims   every paper;   make lora-mini-claims tied-lora-claims rm-lora-claims rolora-claims
+WANDB ?= offline
+CLAIMS := $(if $(filter paper,$(PROFILE)),,HF_HUB_OFFLINE=1) $(PY) -m loralab.claims --profile $(PROFILE) \
+	$(if $(filter 0,$(RUN)),--no-run) --wandb $(WANDB) --jobs $(JOBS)
+.PHONY: claims lora-mini-claims tied-lora-claims rm-lora-claims rolora-claims
+claims: setup
+	$(CLAIMS) $(sort $(wildcard experiments/*/claims.yaml))
+lora-mini-claims tied-lora-claims rm-lora-claims rolora-claims: setup
+	$(CLAIMS) experiments/$(subst -,_,$(@:-claims=))/claims.yaml

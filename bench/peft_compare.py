@@ -1,15 +1,26 @@
-"""Training-step time and peak memory: loralab against peft on the same backbone, batch, dtype and adapter.
+"""Training-step time and peak memory: loralab against peft, and both against the backbone's floor.
 
-Each (case, library) runs in its own process, so peak memory is that process's own (CUDA: max allocated; CPU:
-peak resident set); with ``--repeats N`` every process runs N times, interleaved (all cases, then all again, the
-library order alternating), and the table keeps the smallest median step time and the largest peak. Backbones are
-architectures with random weights (timing does not need pretrained ones). A step is what ``loralab.run.train``
-does: forward, the method's ``extra_loss``, backward, ``after_backward``, the optimizer step, ``zero_grad`` and
-``after_optimizer_step`` (no-ops but for AdaLoRA); peft's AdaLoRA adds its orthogonal regulariser inside forward
-and runs ``update_and_allocate`` after the optimizer step.
+Every comparison is a *group* of configurations on one backbone, built in one process: the **floor** (the same
+backbone with no adapter, every weight frozen, gradients flowing to the input embeddings only: a PEFT step cannot be
+cheaper), loralab's adapter and peft's (same target modules, same trainable parameters: both asserted), or LoRA and
+LoRA-Mini at the same r. Their training steps alternate: after ``--warmup`` rounds, ``--repeats`` repeats of
+``--steps`` rounds, each round one step of every configuration, the order rotated every round. Per repeat, each
+configuration's median step time; ratios (loralab/peft, LoRA-Mini/LoRA) and overheads over the floor are taken per
+repeat, and the report gives their median and their range over the repeats (never a minimum picked per side).
 
-    python bench/peft_compare.py --out results/bench/peft_compare_cpu.md                       # CPU
-    python bench/peft_compare.py --device cuda --batch 32 --seq 128 --steps 20 --warmup 5 ...  # GPU
+Peak memory is a process's own, so it is measured in a fresh process per configuration (``--memory-steps`` steps;
+CPU: the resident set's high-water mark, reset once the model is built; CUDA: max allocated). A step is what
+``loralab.run.train`` does: forward, the method's ``extra_loss``, backward, ``after_backward``, the AdamW step,
+``after_optimizer_step`` (no-ops but for AdaLoRA), ``zero_grad``; peft's AdaLoRA adds its orthogonal regulariser
+inside forward and runs ``update_and_allocate`` after the optimizer step. Same batch, dtype (fp32 on CPU, bf16
+autocast on CUDA) and optimizer for every configuration.
+Backbones are architectures with **random weights**: step time and memory do not depend on the weights' values.
+FLOPs per step are counted once per configuration with ``torch.utils.flop_counter`` (matmuls of forward and
+backward); with ``--peak-tflops`` the report adds model-FLOPs utilisation (the floor's FLOPs, i.e. the backbone's
+forward and input gradients, per second of the configuration's step, over the device's peak).
+
+    python bench/peft_compare.py --out results/bench/peft_compare_cpu.md                               # make bench
+    python bench/peft_compare.py --device cuda --batch 32 --seq 128 --peak-tflops 989 --out ...        # a GPU
 """
 
 from __future__ import annotations
@@ -18,15 +29,17 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+import types
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -36,33 +49,39 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-# name: (model config, method config, method overrides; loralab's, peft's config is built from them)
+# name: (model config, method config, method overrides); peft's config is built from loralab's
 CASES = {
     "roberta-base LoRA r=8 D+A": ("roberta-base", "lora", ["method.r=8", "method.targets=D+A"]),
     "roberta-base VeRA r=256 D+A": ("roberta-base", "vera", ["method.r=256", "method.targets=D+A"]),
-    "t5-base LoRA r=8 D+A": ("t5-base", "lora", ["method.r=8", "method.targets=D+A"]),
     "roberta-base AdaLoRA r=12->8 D+A": (
         "roberta-base", "adalora", ["method.init_r=12", "method.target_r=8", "method.targets=D+A"]
     ),
+    "t5-base LoRA r=8 D+A": ("t5-base", "lora", ["method.r=8", "method.targets=D+A"]),
     "roberta-base LoRA-Mini r=8 a=b=64 D+A": ("roberta-base", "lora_mini", ["method.r=8", "method.targets=D+A"]),
     "roberta-base LoRA-Mini r=8 a=b=256 D+A": (
         "roberta-base", "lora_mini", ["method.r=8", "method.a=256", "method.b=256", "method.targets=D+A"]
     ),
 }  # fmt: skip
-PEFT_CASES = (
-    "roberta-base LoRA r=8 D+A",
-    "roberta-base VeRA r=256 D+A",
-    "t5-base LoRA r=8 D+A",
-    "roberta-base AdaLoRA r=12->8 D+A",
-)
-LORA_MINI_REFERENCE = "roberta-base LoRA r=8 D+A"  # LoRA at the same r: LoRA-Mini's step time is compared with it
+FLOOR = "floor"  # a configuration: the case's backbone, frozen, no adapter
+UNFUSED = "loralab-unfused"  # loralab with its previous forward (out += adapter_output(x)): the fused add's effect
+LORA, VERA, T5 = "roberta-base LoRA r=8 D+A", "roberta-base VeRA r=256 D+A", "t5-base LoRA r=8 D+A"
+ADALORA = "roberta-base AdaLoRA r=12->8 D+A"
+MINI64, MINI256 = "roberta-base LoRA-Mini r=8 a=b=64 D+A", "roberta-base LoRA-Mini r=8 a=b=256 D+A"
+# a group: (title, [(case, library)]); every group also times its backbone's floor
+GROUPS = {
+    "lora": (LORA, [(LORA, "loralab"), (LORA, "peft"), (LORA, UNFUSED)]),
+    "lora_mini": ("LoRA-Mini vs LoRA, r=8 D+A", [(LORA, "loralab"), (MINI64, "loralab"), (MINI256, "loralab")]),
+    "vera": (VERA, [(VERA, "loralab"), (VERA, "peft")]),
+    "adalora": (ADALORA, [(ADALORA, "loralab"), (ADALORA, "peft")]),
+    "t5": (T5, [(T5, "loralab"), (T5, "peft")]),
+}  # fmt: skip
+TARGETS = {"step": 1.00, "memory": 1.00, "lora_overhead": 0.05, "lora_mini_overhead": 0.07}
 
 
 def adalora_schedule(steps: int) -> dict[str, int]:
-    """AdaLoRA's schedule for a run of ``steps`` steps (warm-up included), the same for both libraries: no initial
-    phase, masking every step (peft's default ``deltaT``), and a total of 3x the steps with the final phase the last
-    third, so every timed step lies in the budget-reduction phase (the budget shrinks and is re-masked; peft counts
-    step 0, a warm-up step, as its initial phase)."""
+    """AdaLoRA's schedule for a run of ``steps`` steps, the same for both libraries: no initial phase, masking every
+    step (peft's default ``deltaT``), and a total of 3x the steps with the final phase the last third, so every
+    timed step lies in the budget-reduction phase (the budget shrinks and is re-masked)."""
     return {"t_init": 0, "t_final": steps, "total": 3 * steps, "delta_t": 1}
 
 
@@ -79,9 +98,11 @@ def _compose(model: str, method: str, overrides: list[str]) -> DictConfig:
                                  "model.weights=random", *overrides])  # fmt: skip
 
 
-def make_model(case: str, library: str, steps: int) -> tuple[torch.nn.Module, Method | None]:
-    """The backbone with the case's adapter attached by loralab or by peft (same target modules, rank, alpha), and
-    loralab's method (its training hooks; None for peft). ``steps``: the steps the run takes (AdaLoRA's schedule)."""
+def make_model(case: str, library: str, steps: int) -> tuple[nn.Module, Method | None, list[str]]:
+    """The backbone with the case's adapter attached by loralab or peft (same target modules, rank, alpha), or
+    the floor (``library="floor"``: no adapter, frozen, the input embeddings' output requiring grad); loralab's
+    method (its training hooks; None otherwise); the adapted module names. ``steps``: all steps the model takes."""
+    from loralab.adapters import AdapterLinear
     from loralab.models import build_model, model_kind, resolve_targets
     from loralab.run import build, make_plan
 
@@ -90,12 +111,20 @@ def make_model(case: str, library: str, steps: int) -> tuple[torch.nn.Module, Me
     if method == "adalora":
         overrides = [*overrides, *(f"method.{k}={v}" for k, v in schedule.items() if k != "total")]
     plan = make_plan(_compose(model_name, method, overrides))
-    if library == "loralab":
-        return build(plan)[0], plan.method
-    import peft
-
+    if library in ("loralab", UNFUSED):
+        model = build(plan)[0]
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, AdapterLinear)}
+        for layer in layers.values() if library == UNFUSED else ():
+            layer.forward = types.MethodType(_unfused_forward, layer)
+        return model, plan.method, sorted(layers)
     kind = model_kind(plan.model, plan.task.kind)
     model, _ = build_model(plan.model, kind, 2 if kind == "sequence_classification" else None)
+    if library == FLOOR:
+        model.requires_grad_(False)
+        model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.requires_grad_(True))
+        return model, None, []
+    import peft
+
     pattern = "|".join(f"(?:{p})" for p in resolve_targets(plan.model, plan.method.cfg.targets, None))
     cfg = plan.method.cfg
     if method == "lora":
@@ -115,68 +144,298 @@ def make_model(case: str, library: str, steps: int) -> tuple[torch.nn.Module, Me
             total_step=schedule["total"],
             target_modules=pattern,
         )
-    else:
+    elif method == "vera":
         config = peft.VeraConfig(r=cfg.r, d_initial=cfg.d_init, target_modules=pattern)
-    return peft.get_peft_model(model, config), None
+    else:
+        raise ValueError(f"peft has no {method}")
+    model = peft.get_peft_model(model, config)
+    return model, None, sorted(n.removeprefix("base_model.model.") for n in model.targeted_module_names)
 
 
-def measure(case: str, library: str, device: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
-    """Median step time (over ``steps`` after ``warmup``), peak memory, trainable parameters of one (case, library)."""
-    torch.manual_seed(0)
-    model, method = make_model(case, library, warmup + steps)
-    model.to(device).train()
-    # peft's AdaLoRA re-scores and masks its triplets after the optimizer step, before zero_grad (it reads the grads)
-    allocate = getattr(model.base_model, "update_and_allocate", None) if method is None else None
-    bf16 = device == "cuda"
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    ids = torch.randint(5, 1000, (batch, seq), device=device)
-    is_t5 = CASES[case][0].startswith("t5")
-    inputs = (
-        {"input_ids": ids, "labels": ids}
-        if is_t5
-        else {"input_ids": ids, "labels": torch.zeros(batch, dtype=torch.long, device=device)}
-    )
-    if method is not None:
-        method.on_train_start(model, optimizer, adalora_schedule(warmup + steps)["total"])
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(warmup + steps):
-        if device == "cuda":
+def _unfused_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """AdapterLinear's forward before the fused multiply-add: the adapter's output as a tensor of its own (the last
+    product, then the scaled copy), added in place."""
+    out = self.base(x)
+    out += self.adapter_output(x).to(out.dtype)
+    return out
+
+
+@dataclass
+class Stepper:
+    """One configuration of a group: its model, optimizer, inputs and hooks; ``step()`` times one training step."""
+
+    label: str
+    case: str
+    library: str
+    device: str
+    batch: int
+    seq: int
+    steps: int  # all steps it will take (AdaLoRA's schedule)
+    model: nn.Module = field(init=False)
+    method: Method | None = field(init=False)
+    modules: list[str] = field(init=False)
+    done: int = 0
+
+    def __post_init__(self) -> None:
+        torch.manual_seed(0)
+        self.model, self.method, self.modules = make_model(self.case, self.library, self.steps)
+        self.model.to(self.device).train()
+        # peft's AdaLoRA re-scores and masks its triplets after the optimizer step, before zero_grad
+        self.allocate = getattr(getattr(self.model, "base_model", None), "update_and_allocate", None)
+        if self.library != "peft":
+            self.allocate = None
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4) if self.params else None
+        ids = torch.randint(5, 1000, (self.batch, self.seq), generator=torch.Generator().manual_seed(1))
+        ids = ids.to(self.device)
+        is_t5 = CASES[self.case][0].startswith("t5")
+        labels = ids if is_t5 else torch.zeros(self.batch, dtype=torch.long, device=self.device)
+        self.inputs = {"input_ids": ids, "labels": labels}
+        if self.method is not None:
+            self.method.on_train_start(self.model, self.optimizer, adalora_schedule(self.steps)["total"])
+
+    @property
+    def trainable(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def step(self) -> float:
+        """One training step; its wall time in seconds."""
+        cuda = self.device == "cuda"
+        if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**inputs).loss
-        extra = None if method is None else method.extra_loss(model, i)
+        with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=cuda):
+            loss = self.model(**self.inputs).loss
+        extra = None if self.method is None else self.method.extra_loss(self.model, self.done)
         if extra is not None:
             loss = loss + extra
         loss.backward()
-        if method is not None:
-            method.after_backward(model, i)
-        optimizer.step()
-        if allocate is not None:
-            allocate(i)
-        optimizer.zero_grad(set_to_none=True)
-        if method is not None:
-            method.after_optimizer_step(model, i)
-        if device == "cuda":
+        if self.method is not None:
+            self.method.after_backward(self.model, self.done)
+        if self.optimizer is not None:
+            self.optimizer.step()
+            if self.allocate is not None:
+                self.allocate(self.done)
+        if self.method is not None:  # before zero_grad, as the loop: AdaLoRA reads the step's gradients
+            self.method.after_optimizer_step(self.model, self.done)
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        if cuda:
             torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    peak = (
-        torch.cuda.max_memory_allocated()
-        if device == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.done += 1
+        return time.perf_counter() - t0
+
+    def flops(self) -> int:
+        """Matmul FLOPs of one step (forward and backward), counted by torch's flop counter (one untimed step)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            self.step()
+        return counter.get_total_flops()
+
+
+def time_group(key: str, args: argparse.Namespace) -> dict:
+    """Build a group's configurations (floor first) and time their alternating steps; per-repeat medians."""
+    title, members = GROUPS[key]
+    total = args.warmup + args.repeats * args.steps + 1  # + the step under the flop counter
+    floor_case = members[0][0]
+    steppers = [Stepper(FLOOR, floor_case, FLOOR, args.device, args.batch, args.seq, total)]
+    for case, library in members:
+        label = library if key != "lora_mini" else case.removeprefix("roberta-base ")
+        steppers.append(Stepper(label, case, library, args.device, args.batch, args.seq, total))
+    libraries = {s.library for s in steppers}
+    if {"loralab", "peft"} <= libraries:
+        ours, theirs = steppers[1], steppers[2]
+        assert ours.trainable == theirs.trainable, f"{title}: trainable {ours.trainable:,} vs {theirs.trainable:,}"
+        assert ours.modules == theirs.modules, f"{title}: adapted modules differ"
+    flops = {s.label: s.flops() for s in steppers}
+    for _ in range(args.warmup):
+        for s in steppers:
+            s.step()
+    medians: dict[str, list[float]] = {s.label: [] for s in steppers}
+    for _ in range(args.repeats):
+        times: dict[str, list[float]] = {s.label: [] for s in steppers}
+        for i in range(args.steps):
+            for s in steppers[i % len(steppers) :] + steppers[: i % len(steppers)]:
+                times[s.label].append(s.step())
+        for label, ts in times.items():
+            medians[label].append(statistics.median(ts))
+    out = {
+        "group": key,
+        "title": title,
+        "configs": [
+            {"label": s.label, "case": s.case, "library": s.library, "trainable": s.trainable,
+             "modules": len(s.modules), "flops": flops[s.label], "medians_s": medians[s.label]}
+            for s in steppers
+        ],
+    }  # fmt: skip
+    print(json.dumps(out), flush=True)
+    del steppers
+    return out
+
+
+def peak_memory(case: str, library: str, args: argparse.Namespace) -> int:
+    """Peak memory of a fresh process running ``--memory-steps`` steps of one configuration."""
+    cmd = [sys.executable, __file__, "--memory-of", case, library, "--device", args.device, "--batch",
+           str(args.batch), "--seq", str(args.seq), "--memory-steps", str(args.memory_steps)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if out.returncode != 0:
+        raise SystemExit(f"memory of {case} / {library} failed:\n{out.stderr[-2000:]}")
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def _memory_of(case: str, library: str, args: argparse.Namespace) -> int:
+    """Peak memory of the training steps, after the model is built (building it has transient peaks of its own):
+    CUDA: max allocated; CPU: the resident set's high-water mark, reset after building (Linux /proc/self/clear_refs)."""
+    stepper = Stepper(library, case, library, args.device, args.batch, args.seq, args.memory_steps)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+    for _ in range(args.memory_steps):
+        stepper.step()
+    if args.device == "cuda":
+        return int(torch.cuda.max_memory_allocated())
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(status["VmHWM"].split()[0]) * 1024  # kB
+
+
+def ms(seconds: list[float]) -> str:
+    """The median of per-repeat step times, in milliseconds."""
+    return f"{1000 * statistics.median(seconds):.1f}"
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """Median, min and max."""
+    return statistics.median(values), min(values), max(values)
+
+
+def _fmt_spread(values: list[float], digits: int = 3, pct: bool = False) -> str:
+    med, lo, hi = spread([100 * v for v in values] if pct else values)
+    unit = "%" if pct else ""
+    return (
+        f"{med:+.{digits}f}{unit} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+        if pct
+        else f"{med:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
     )
-    return {
-        "case": case,
-        "library": library,
-        "median_step_s": statistics.median(times),
-        "peak_memory_bytes": int(peak),
-        "trainable_params": sum(p.numel() for p in params),
-        "tokens_per_s": batch * seq / statistics.median(times),
-    }
+
+
+def render(groups: list[dict], memory: dict[tuple[str, str], int], args: argparse.Namespace, load: tuple | None) -> str:
+    """The report: setup, command, the loralab-vs-peft table and the LoRA-Mini-vs-LoRA table."""
+    import peft
+    import transformers
+
+    dev = (
+        torch.cuda.get_device_name(0)
+        if args.device == "cuda"
+        else f"{platform.processor() or 'CPU'} x{torch.get_num_threads()} threads ({os.cpu_count()} cores)"
+    )
+    tokens = args.batch * args.seq
+    argv = sys.argv[1:]
+    if "--from-log" in argv:  # the command that measured, not the one that rendered its log
+        i = argv.index("--from-log")
+        argv = argv[:i] + argv[i + 2 :]
+    cmd = " ".join(argv)
+    lines = [
+        f"# loralab vs peft: training step ({args.device})",
+        "",
+        f"Device: {dev}; torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
+        f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        + (
+            f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end"
+            if load
+            else "rendered from the run's log (--from-log)"
+        )
+        + " (on a shared machine other processes' load slows every configuration alike: ratios of alternating steps "
+        "are robust to it, absolute times are not).",
+        f"Batch {args.batch} x {args.seq} tokens, {'bf16 autocast' if args.device == 'cuda' else 'fp32'}, AdamW, "
+        f"train mode, random-weight backbones. Steps of a group's configurations alternate in one process: "
+        f"{args.warmup} warm-up rounds, then {args.repeats} repeats of {args.steps} rounds (one step of each "
+        "configuration per round, the order rotated every round); per repeat the median step of each configuration. "
+        "Ratios and overheads are computed per repeat: median [min, max] over the repeats. Floor: the same backbone, "
+        "no adapter, all weights frozen, gradients to the input embeddings only. Peak memory: a fresh process per "
+        f"configuration, {args.memory_steps} steps ({'max allocated' if args.device == 'cuda' else 'resident set'} "
+        "peak of the steps, measured from after the model is built: weights, activations, gradients, optimizer state).",
+        "AdaLoRA (both libraries): t_init 0, every step re-scored and masked (delta_t 1), all timed steps in the "
+        "budget-reduction phase; the step includes the hooks (loralab: extra_loss, after_backward, "
+        "after_optimizer_step; peft: the regulariser in forward and update_and_allocate).",
+        f"Command: `python bench/peft_compare.py {cmd}`",
+        "",
+        "## loralab vs peft",
+        "",
+        "| case | trainable (both) | modules | floor (ms) | loralab (ms) | peft (ms) | step loralab/peft | overhead "
+        "over floor: loralab | peft | peak MiB loralab / peft / floor | memory loralab/peft | tokens/s loralab | "
+        f"{'MFU loralab | ' if args.peak_tflops else ''}targets met |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | ---: | "
+        f"{'---: | ' if args.peak_tflops else ''}--- |",
+    ]
+    lora_mini_rows = []
+    for g in groups:
+        by = {c["library"] if g["group"] != "lora_mini" else c["label"]: c for c in g["configs"]}
+        floor = by[FLOOR]
+        over = {k: [a / b - 1 for a, b in zip(c["medians_s"], floor["medians_s"], strict=True)] for k, c in by.items()}
+        if g["group"] == "lora_mini":
+            lora = g["configs"][1]
+            for c in g["configs"][1:]:
+                ratio = [a / b for a, b in zip(c["medians_s"], lora["medians_s"], strict=True)]
+                target = TARGETS["lora_mini_overhead"] if "LoRA-Mini" in c["label"] else TARGETS["lora_overhead"]
+                met = statistics.median(over[c["label"]]) <= target
+                lora_mini_rows.append(
+                    f"| {c['label']} | {c['trainable']:,} | {c['modules']} | {ms(floor['medians_s'])} | "
+                    f"{ms(c['medians_s'])} | {_fmt_spread(over[c['label']], 1, pct=True)} | "
+                    f"{_fmt_spread(ratio)} | {'yes' if met else 'NO'} (overhead <= {100 * target:.0f}%) |"
+                )
+            continue
+        ours, theirs = by["loralab"], by["peft"]
+        ratio = [a / b for a, b in zip(ours["medians_s"], theirs["medians_s"], strict=True)]
+        mem = {lib: memory.get((ours["case"], lib)) for lib in ("loralab", "peft", FLOOR)}
+        mem_ratio = mem["loralab"] / mem["peft"] if mem["loralab"] and mem["peft"] else None
+        checks = [statistics.median(ratio) <= TARGETS["step"]]
+        if mem_ratio is not None:
+            checks.append(mem_ratio <= TARGETS["memory"])
+        met = "yes" if all(checks) else "NO"
+        if g["group"] == "lora":
+            lora_ok = statistics.median(over["loralab"]) <= TARGETS["lora_overhead"]
+            met += f"; overhead <= 5%: {'yes' if lora_ok else 'NO'}"
+        step_s = statistics.median(ours["medians_s"])
+        mfu = f"{100 * floor['flops'] / step_s / (args.peak_tflops * 1e12):.1f}% | " if args.peak_tflops else ""
+        mib = " / ".join("" if v is None else f"{v / 2**20:,.0f}" for v in mem.values())
+        lines.append(
+            f"| {g['title']} | {ours['trainable']:,} | {ours['modules']} | {ms(floor['medians_s'])} | "
+            f"{1000 * step_s:.1f} | {ms(theirs['medians_s'])} | {_fmt_spread(ratio)} | "
+            f"{_fmt_spread(over['loralab'], 1, pct=True)} | {_fmt_spread(over['peft'], 1, pct=True)} | {mib} | "
+            f"{'' if mem_ratio is None else f'{mem_ratio:.3f}'} | {tokens / step_s:,.0f} | {mfu}{met} |"
+        )
+    for g in groups:
+        by = {c["library"]: c for c in g["configs"]}
+        if UNFUSED in by:
+            fused, unfused, floor = by["loralab"], by[UNFUSED], by[FLOOR]
+            ratio = [a / b for a, b in zip(fused["medians_s"], unfused["medians_s"], strict=True)]
+            over = [a / b - 1 for a, b in zip(unfused["medians_s"], floor["medians_s"], strict=True)]
+            lines += [
+                "",
+                f"{g['title']}: loralab's forward (last product and scaling added into the base output by one addmm) "
+                f"vs its previous forward (`out += adapter_output(x)`), alternating in the same group: step "
+                f"{_fmt_spread(ratio)}; the previous forward's overhead over the floor "
+                f"{_fmt_spread(over, 1, pct=True)} ({ms(unfused['medians_s'])} ms). Exact: same outputs and gradients "
+                "(tests/test_speed.py).",
+            ]
+    if lora_mini_rows:
+        lines += [
+            "",
+            "## LoRA-Mini vs LoRA (loralab, same r, same modules)",
+            "",
+            "| configuration | trainable | modules | floor (ms) | step (ms) | overhead over floor | step / LoRA | "
+            "target |",
+            "| --- | ---: | ---: | ---: | ---: | --- | --- | --- |",
+            *lora_mini_rows,
+        ]
+    lines += ["", "Per-repeat medians (ms):", ""]
+    for g in groups:
+        for c in g["configs"]:
+            lines.append(f"- {g['title']} / {c['label']}: {' / '.join(f'{1000 * m:.1f}' for m in c['medians_s'])}; "
+                         f"{c['flops'] / 1e9:,.1f} GFLOP per step")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -184,32 +443,39 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=2, help="processes per (case, library), interleaved")
+    ap.add_argument("--steps", type=int, default=8, help="rounds per repeat")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory-steps", type=int, default=3, help="steps of each peak-memory process")
+    ap.add_argument("--groups", nargs="*", default=list(GROUPS), choices=list(GROUPS), help="default: all")
+    ap.add_argument("--peak-tflops", type=float, help="the device's peak (dense, this dtype): adds MFU")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     ap.add_argument("--out", type=Path, help="the report (a '## Findings' section already there is kept)")
-    ap.add_argument("--cases", nargs="*", default=list(CASES), help="a subset of the cases (default: all)")
-    ap.add_argument("--one", nargs=2, metavar=("CASE", "LIBRARY"), help=argparse.SUPPRESS)
+    ap.add_argument("--from-log", type=Path, help="render the groups a (possibly unfinished) run printed to this log")
+    ap.add_argument("--memory-of", nargs=2, metavar=("CASE", "LIBRARY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.one:
-        print(json.dumps(measure(*args.one, args.device, args.batch, args.seq, args.steps, args.warmup)))
+    if args.memory_of:
+        print(_memory_of(*args.memory_of, args))
         return
-    runs: dict[tuple[str, str], list[dict]] = {}
-    for repeat in range(args.repeats):
-        for case in args.cases:
-            libraries = ("loralab", "peft") if case in PEFT_CASES else ("loralab",)
-            for library in libraries if repeat % 2 == 0 else libraries[::-1]:
-                sizes = ["--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps)]
-                cmd = [sys.executable, __file__, "--one", case, library, "--device", args.device, *sizes,
-                       "--warmup", str(args.warmup)]  # fmt: skip
-                out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-                if out.returncode != 0:
-                    print(out.stderr[-2000:], file=sys.stderr)
-                    raise SystemExit(f"{case} / {library} failed")
-                runs.setdefault((case, library), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(runs[case, library][-1], flush=True)
-    rows = [combine(r) for r in runs.values()]
-    report = render(rows, args)
+    if args.from_log:  # the same arguments as the logged run, so the report states its setup
+        lines = [json.loads(x) for x in args.from_log.read_text().splitlines() if x.startswith("{")]
+        groups = [x for x in lines if "group" in x]
+        memory = {(x["memory"][0], x["memory"][1]): x["memory"][2] for x in lines if "memory" in x}
+        print(render(groups, memory, args, None))
+        return
+    if args.repeats < 3:
+        raise SystemExit(f"--repeats must be >= 3 (median and spread over repeats), got {args.repeats}")
+    load0 = os.getloadavg()[0]
+    groups, memory = [], {}
+    for key in args.groups:  # each group's timing, then its memory processes (printed as they finish)
+        groups.append(time_group(key, args))
+        if args.no_memory or key == "lora_mini":
+            continue
+        case = groups[-1]["configs"][1]["case"]
+        for library in ("loralab", "peft", FLOOR):
+            memory[case, library] = peak_memory(case, library, args)
+            print(json.dumps({"memory": [case, library, memory[case, library]]}), flush=True)
+    report = render(groups, memory, args, (load0, os.getloadavg()[0]))
     if args.out and args.out.exists():
         kept = args.out.read_text().partition("\n## Findings")
         report += kept[1] + kept[2] if kept[1] else ""
@@ -217,81 +483,6 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report)
-
-
-def combine(runs: list[dict]) -> dict:
-    """One row from the repeated runs of a (case, library): the smallest median step time, the largest peak."""
-    best = min(runs, key=lambda r: r["median_step_s"])
-    return {
-        **best,
-        "peak_memory_bytes": max(r["peak_memory_bytes"] for r in runs),
-        "medians_s": [r["median_step_s"] for r in runs],
-    }
-
-
-def render(rows: list[dict], args: argparse.Namespace) -> str:
-    """The report: setup, command and one table row per (case, library) with the ratios against the references."""
-    import peft
-    import transformers
-
-    dev = (
-        torch.cuda.get_device_name(0)
-        if args.device == "cuda"
-        else f"{platform.processor() or 'CPU'} x{torch.get_num_threads()} threads"
-    )
-    n = args.warmup + args.steps
-    schedule = adalora_schedule(n)
-    by = {(r["case"], r["library"]): r for r in rows}
-    adalora = (
-        [
-            f"AdaLoRA (both libraries): t_init {schedule['t_init']}, t_final {schedule['t_final']}, total "
-            f"{schedule['total']} steps, delta_t {schedule['delta_t']} (peft: tinit, tfinal, total_step, deltaT), "
-            f"orthogonality weight of conf/method/adalora.yaml: every timed step (of {n}) lies in the "
-            "budget-reduction phase, the importance EMAs are updated and the triplets re-masked after every step; the "
-            "step includes the hooks (loralab: extra_loss, after_backward, after_optimizer_step; peft: the "
-            "regulariser in forward and update_and_allocate)."
-        ]
-        if any(CASES[r["case"]][1] == "adalora" for r in rows)
-        else []
-    )
-    lines = [
-        f"# loralab vs peft: training step ({args.device})",
-        "",
-        f"Device: {dev}; torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
-        f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d')}.",
-        f"Batch {args.batch} x {args.seq} tokens, {'bf16 autocast' if args.device == 'cuda' else 'fp32'}, AdamW, "
-        f"train mode; step time: median of {args.steps} steps after {args.warmup} warm-up, in its own process, "
-        f"{args.repeats} process(es) per row run interleaved: the smallest median is shown (all medians in the last "
-        "column), and the largest peak; random-weight backbones.",
-        *adalora,
-        f"Command: `python bench/peft_compare.py --device {args.device} --batch {args.batch} --seq {args.seq} "
-        f"--steps {args.steps} --warmup {args.warmup} --repeats {args.repeats}`",
-        "",
-        "| case | library | trainable | step (ms) | tokens/s | peak memory (MiB) | step loralab/peft | memory "
-        "| LoRA-Mini/LoRA step | medians (ms) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        ref = by.get((r["case"], "peft"))
-        ratio = (
-            (
-                f"{r['median_step_s'] / ref['median_step_s']:.3f}",
-                f"{r['peak_memory_bytes'] / ref['peak_memory_bytes']:.3f}",
-            )
-            if ref and r["library"] == "loralab"
-            else ("", "")
-        )
-        lora = by.get((LORA_MINI_REFERENCE, "loralab"))
-        mini = (
-            f"{r['median_step_s'] / lora['median_step_s']:.3f}" if lora and CASES[r["case"]][1] == "lora_mini" else ""
-        )
-        medians = " / ".join(f"{1000 * m:.0f}" for m in r["medians_s"])
-        lines.append(
-            f"| {r['case']} | {r['library']} | {r['trainable_params']:,} | {1000 * r['median_step_s']:.1f} | "
-            f"{r['tokens_per_s']:,.0f} | {r['peak_memory_bytes'] / 2**20:,.0f} | {ratio[0]} | {ratio[1]} | {mini} | "
-            f"{medians} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from loralab.adapters import (
     load_adapter,
     merge_adapters,
     save_adapter,
+    unmerge_adapters,
 )
 from loralab.adapters.model import BANK_NAME
 from loralab.methods import Method
@@ -221,6 +222,89 @@ def test_merge_gpt2_conv1d_lora():
     assert all(layer.fan_in_fan_out for layer in adapter_layers(model).values())
     randomize_factors(model, ("B",))  # B starts at zero
     check_merge_roundtrip(model, lambda: logits(model, batch), base_out)
+
+
+T5_D = [r".*\.(wi|wo)", "lm_head"]  # the T5 "D" preset: the feed-forward maps and the (tied) lm_head
+TIED_HEADS = {
+    # model, kind, target regexes, the embedding the adapted head shares its weight with, method, factor to randomise
+    "t5_lora": ("tiny-t5", "seq2seq_lm", T5_D, "shared", lambda: Lora(LoraConfig(r=2, alpha=4.0)), "B"),
+    "t5_lora_mini": ("tiny-t5", "seq2seq_lm", T5_D, "shared", lambda: LoraMini(LoraMiniConfig(r=2, a=8, b=8)), None),
+    "llama": (
+        "tiny-llama",
+        "causal_lm",
+        [r".*\.q_proj", "lm_head"],
+        "model.embed_tokens",
+        lambda: Lora(LoraConfig()),
+        "B",
+    ),
+    "gpt2": ("tiny-gpt2", "causal_lm", [r".*\.c_attn", "lm_head"], "transformer.wte", lambda: Lora(LoraConfig()), "B"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TIED_HEADS))
+def test_merge_with_tied_embeddings_leaves_them_untouched(case: str):
+    """An adapted head whose weight is tied to the input embeddings: merging must not write into the embeddings."""
+    name, kind, targets, embedding, make, randomize = TIED_HEADS[case]
+    cfg = tiny_config(name)
+    cfg.arch = {**cfg.arch, "tie_word_embeddings": True}
+    torch.manual_seed(0)
+    model = build_model(cfg, kind)[0].eval()
+    emb = model.get_submodule(embedding).weight
+    assert emb is model.get_output_embeddings().weight, "the test model's head is not tied"
+    batch = tokens() | ({"decoder_input_ids": tokens(length=5, seed=9)["input_ids"]} if kind == "seq2seq_lm" else {})
+    base_out = logits(model, batch)
+    torch.manual_seed(1)
+    assert "lm_head" in make().attach(model, targets, head_modules(cfg, kind))
+    if randomize:
+        randomize_factors(model, (randomize,), std=0.5)  # LoRA's B starts at zero
+    embedded = emb.detach().clone()
+    head = adapter_layers(model)["lm_head"]
+
+    adapted = logits(model, batch)
+    assert not torch.allclose(adapted, base_out, atol=1e-4), "vacuous: the adapters change nothing"
+    merge_adapters(model)
+    torch.testing.assert_close(logits(model, batch), adapted, atol=1e-5, rtol=0)
+    assert torch.equal(model.get_submodule(embedding).weight, embedded), "merging wrote into the tied embeddings"
+    assert head.base.weight is not emb
+    unmerge_adapters(model)
+    assert head.base.weight is emb, "unmerging must restore the tie"
+    assert torch.equal(emb, embedded)
+    torch.testing.assert_close(logits(model, batch), adapted, atol=1e-5, rtol=0)
+
+
+def test_vera_frozen_projections_follow_peft():
+    """VeRA's shared A and B have peft's distribution (U(+-sqrt(6/fan_in))), and with peft's A and B copied in, our
+    VeRA computes what peft's computes."""
+    peft = pytest.importorskip("peft")
+    from loralab.methods.vera import Vera, VeraConfig
+
+    r, batch = 64, tokens()
+    ours = tiny_model("tiny-roberta")
+    theirs = tiny_model("tiny-roberta")
+    names = attach(ours, "tiny-roberta", Vera(VeraConfig(r=r)), targets="D+A")
+    theirs = peft.get_peft_model(theirs, peft.VeraConfig(r=r, target_modules=names, vera_dropout=0.0))
+    bank = getattr(ours, BANK_NAME).tensors
+    a, b = bank["vera_A"], bank["vera_B"]
+    peft_a, peft_b = theirs.base_model.vera_A["default"], theirs.base_model.vera_B["default"]
+    assert a.shape == peft_a.shape and b.shape == peft_b.shape
+    for mine, peft_t in ((a, peft_a), (b, peft_b)):
+        bound = (6 / mine.shape[1]) ** 0.5
+        assert mine.abs().max() <= bound and mine.abs().max() > 0.95 * bound
+        assert mine.std().item() == pytest.approx(bound / 3**0.5, rel=0.06)  # uniform: std = bound / sqrt(3)
+        assert mine.std().item() == pytest.approx(peft_t.std().item(), rel=0.1)
+
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        a.copy_(peft_a), b.copy_(peft_b)
+        for name, layer in adapter_layers(ours).items():
+            peft_layer = theirs.base_model.model.get_submodule(name)
+            for mine, peft_name in (("d", "vera_lambda_d"), ("b", "vera_lambda_b")):
+                value = torch.randn(layer.factors[mine].shape, generator=g)
+                layer.factors[mine].copy_(value)
+                getattr(peft_layer, peft_name)["default"].copy_(value)
+    out = logits(ours, batch)
+    assert not torch.allclose(out, logits(tiny_model("tiny-roberta"), batch), atol=1e-3)
+    torch.testing.assert_close(out, logits(theirs, batch), atol=1e-5, rtol=0)
 
 
 # --- 4. save / load ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import torch
 from conftest import compose_cfg, write_tiny_glue
 from safetensors.torch import load_file
 
-from loralab.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint
+from loralab.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint, save_checkpoint
 from loralab.config import PROJECT_ROOT
 from loralab.run import RESULTS_FILE, run
 
@@ -41,6 +41,7 @@ CASES = {
     "rolora_2_phases": ["method=rolora", "method.iterations=2", *SCHEDULE],
     "lora_iterated_restarts": ["method=lora", "trainer.iterations=2"],
     "grad_accum_dropout": ["method=lora", "trainer.grad_accum=2", "method.dropout=0.3"],
+    "group_by_length": ["method=lora", "trainer.group_by_length=true"],
 }
 
 
@@ -158,6 +159,26 @@ def test_damaged_checkpoints_are_never_read(damage, references, tmp_path, monkey
     assert result["resumed"] == (0 if damage == "both" else 1)  # nothing intact: started again from the beginning
     assert "ignoring" in caplog.text
     assert_same_run(tmp_path, references["adalora"])
+
+
+class _RunsCode:
+    """Pickles to a call of ``pathlib.Path.touch``: loading it with full unpickling creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_crafted_pickle_checkpoint_is_refused_without_running_code(tiny_glue, tmp_path):
+    """A checkpoint with a matching sidecar whose pickle would run code: refused with an error, the code never runs."""
+    cfg = config(tiny_glue, *CASES["lora"])
+    marker = tmp_path / "code_ran"
+    save_checkpoint(tmp_path, {"run_id": "x", "payload": _RunsCode(marker)}, {"phase": 0, "epoch": 1, "step": 1})
+    with pytest.raises(ValueError, match=r"refusing to load .*checkpoint\.pt.*could run code"):
+        run(cfg, tmp_path)
+    assert not marker.exists(), "loading the checkpoint ran code from it"
 
 
 def test_disk_full_while_writing_the_result(references, tmp_path, monkeypatch):

@@ -87,6 +87,52 @@ def test_fused_group_equals_separate_runs(tmp_path, tiny_glue, monkeypatch, name
         assert len(set(stopped)) > 1, f"every config stopped after the same epoch ({stopped}): vacuous test"
 
 
+class Killed(Exception):
+    """Stands for the process dying."""
+
+
+def test_killed_fused_group_resumes_to_the_same_results(tmp_path, tiny_glue, monkeypatch):
+    """A fused group stopped in its second epoch (after a mid-epoch checkpoint) and run again continues from its
+    checkpoint and ends with the results and adapters of an uninterrupted group."""
+    names = ["lora_mini_D", "lora", "vera"]
+    cfgs = _configs(
+        tiny_glue,
+        names,
+        "task=glue/stsb",
+        "trainer.epochs=2",
+        "trainer.lr=1e-2",
+        "trainer.checkpoint_every=2",
+        "trainer.batch_size=4",
+    )  # 6 steps per epoch
+    reference = run_fused(cfgs, [tmp_path / "reference" / n for n in names])
+    dirs = [tmp_path / "killed" / n for n in names]
+    real, calls = torch.optim.AdamW.step, [0]
+
+    def step(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 10:  # the 4th step of epoch 2: after its checkpoint at step 8
+            raise Killed()
+        return real(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.AdamW, "step", step)
+        with pytest.raises(Killed):
+            run_fused(cfgs, dirs)
+    assert (dirs[0] / "fused_checkpoint.pt").exists() and not (dirs[0] / "results.json").exists()
+    resumed = run_fused(cfgs, dirs)
+    assert not (dirs[0] / "fused_checkpoint.pt").exists()  # removed once the results are written
+    for name, again, alone in zip(names, resumed, reference, strict=True):
+        assert again["resumed"] == 1 and alone["resumed"] == 0
+        strip = lambda r: [{k: v for k, v in e.items() if k != "train_time_s"} for e in r["metrics"]["epochs"]]  # noqa: E731
+        assert strip(again) == strip(alone), name
+        assert again["metrics"]["best"]["epoch"] == alone["metrics"]["best"]["epoch"]
+        a = load_file(str(tmp_path / "killed" / name / "adapter.safetensors"))
+        b = load_file(str(tmp_path / "reference" / name / "adapter.safetensors"))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=f"{name}: {key}")
+
+
 def test_unsupported_methods_fail_before_weights_are_loaded(tmp_path, tiny_glue, monkeypatch):
     real_build_model = loralab.run.build_model
 

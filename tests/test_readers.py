@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
-import sys
-import types
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
+from hub_cache import snapshot, write_parquet
 from PIL import Image
 
-from loralab.data.readers import DATASETS, read_hub, read_local, split_by_article
+from loralab.data.hub import HubDataset
+from loralab.data.readers import DATASETS, count_hub, read_hub, read_local, split_by_article
 
 ASSETS = Path(os.environ.get("LORALAB_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
 REAL = ASSETS / "datasets"
@@ -262,29 +264,45 @@ def test_food101_layout(tmp_path: Path) -> None:
     assert Image.open(expected["validation"][0]["image"]).size == (4, 4)
 
 
-# ---- hub conversion (load_dataset replaced by a stub: no network) ------------------------------------------------
-def test_hub_rows_get_the_local_layout(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
+# ---- hub files (a local HF cache under the pinned ids: no network) -----------------------------------------------
+def test_hub_rows_get_the_local_layout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     image = np.full((32, 32, 3), 7, dtype=np.uint8)
-    hub = {
-        "hellaswag": {"test": [{**HELLASWAG_ROW, "label": ""}], "train": [{**HELLASWAG_ROW, "label": "3"}]},
-        "dialogsum": {"train": [{"id": "train_0", "dialogue": "d", "summary": "s", "topic": "t"}]},
-        "cifar100": {"train": [{"img": Image.fromarray(image), "fine_label": 1, "coarse_label": 2}]},
-    }
-
-    def load_dataset(hub_id: str, config: str | None) -> dict:
-        calls.append((hub_id, config))
-        return hub[next(name for name, info in DATASETS.items() if hub_id == info.hub_id)]
-
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    assert read_hub("hellaswag") == {"test": [{**HELLASWAG_ROW, "label": None}], "train": [HELLASWAG_ROW]}
-    references = read_hub("dialogsum")["train"][0]["references"]
-    assert references == ["s"]
-    cifar = read_hub("cifar100")["train"][0]
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    # HellaSwag: a loading-script repository, read through its Parquet conversion (split folders, numbered files)
+    snap = snapshot(tmp_path, "Rowan/hellaswag", revision="refs/convert/parquet")
+    write_parquet(snap / "default" / "test" / "0000.parquet", [{**HELLASWAG_ROW, "label": ""}])
+    write_parquet(snap / "default" / "train" / "0000.parquet", [{**HELLASWAG_ROW, "label": "3"}])
+    records, source = read_hub("hellaswag", None, ["train", "test"])
+    assert records == {"test": [{**HELLASWAG_ROW, "label": None}], "train": [HELLASWAG_ROW]}
+    assert source == "hub:Rowan/hellaswag@refs/convert/parquet"
+    # DialogSum: CSV files; the test split's rows, one per (dialogue, reference), grouped by dialogue
+    snap = snapshot(tmp_path, "knkarthick/dialogsum")
+    (snap / "train.csv").write_text("id,dialogue,summary,topic\ntrain_0,d,s,t\n")
+    rows = [f'test_{i}_{k},"dia {i}\nline",ref {i}.{k},t{k}' for i in range(2) for k in range(1, 4)]
+    (snap / "test.csv").write_text("id,dialogue,summary,topic\n" + "\n".join(rows) + "\n")
+    records, _ = read_hub("dialogsum", None, ["train", "test"])
+    assert records["train"][0]["references"] == ["s"]
+    assert [r["references"] for r in records["test"]] == [
+        ["ref 0.1", "ref 0.2", "ref 0.3"],
+        ["ref 1.1", "ref 1.2", "ref 1.3"],
+    ]
+    assert [r["dialogue"] for r in records["test"]] == ["dia 0\nline", "dia 1\nline"]
+    assert count_hub("dialogsum", None, ["train", "test"]) == ({"train": 1, "test": 2}, "hub:knkarthick/dialogsum")
+    # CIFAR-100: Parquet images as {"bytes", "path"}
+    snap = snapshot(tmp_path, "uoft-cs/cifar100")
+    write_parquet(snap / "cifar100" / "train-00000-of-00001.parquet",
+                  [{"img": {"bytes": png.getvalue(), "path": None}, "fine_label": 1, "coarse_label": 2}])  # fmt: skip
+    cifar = read_hub("cifar100", None, ["train"])[0]["train"][0]
     np.testing.assert_array_equal(cifar["img"], image)
-    assert calls == [("Rowan/hellaswag", None), ("knkarthick/dialogsum", None), ("cifar100", None)]
-    assert DATASETS["squad"].hub_source("v2") == ("squad_v2", None)
-    assert DATASETS["wmt16"].hub_source("en-ro") == ("wmt16", "ro-en")
+    with pytest.raises(FileNotFoundError, match=r"split\(s\) \['test'\] not in the local Hugging Face cache"):
+        read_hub("cifar100", None, ["test"])
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set"):
+        read_hub("gsm8k", None, ["train"])
+    assert DATASETS["squad"].hub_source("v2") == HubDataset("rajpurkar/squad_v2")
+    assert DATASETS["wmt16"].hub_source("en-ro") == HubDataset("wmt/wmt16", "ro-en")
+    assert DATASETS["iwslt2017"].hub_source("de-en").revision == "refs/convert/parquet"
 
 
 # ---- errors ---------------------------------------------------------------------------------------------------
@@ -308,7 +326,7 @@ def test_unknown_dataset_and_subset(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown subset 'v3' for dataset 'squad'; valid subsets: v1, v2"):
         read_local("squad", tmp_path, "v3")
     with pytest.raises(ValueError, match="valid subsets: none"):
-        read_hub("gsm8k", "main")
+        read_hub("gsm8k", "main", ["train"])
 
 
 # ---- split_by_article -----------------------------------------------------------------------------------------

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import compose_cfg
 
+from loralab import tables
 from loralab.adapters import adapter_layers, count_parameters
+from loralab.config import PROJECT_ROOT
 from loralab.methods.lora import Lora, LoraConfig
 from loralab.methods.rm_lora import RmLora, RmLoraConfig, orthogonality_penalty
 from loralab.models import build_model, head_modules
@@ -87,21 +91,37 @@ def test_mask_directions_default_and_bounds():
         RmLora(RmLoraConfig(r=8, mask_directions=9))
 
 
-def test_table5_measurements():
+def test_table5_measurements_on_the_unscaled_delta_w():
+    # Delta W = W_B W_A (unscaled; alpha / r = 2 here) with singular values 1, 1, 0.5 and 1e-4 on known axes:
+    # rank with relative tolerance 0.01 = 3; ||Delta W Delta W^T - I||_F^2 = sum_i (s_i^2 - 1)^2 + (d_out - 4)
     method, model = tiny()
-    layer = next(iter(adapter_layers(model).values()))
+    name, layer = next(iter(adapter_layers(model).items()))
+    singular = [1.0, 1.0, 0.5, 1e-4]
     with torch.no_grad():
         layer.factors["A"].zero_()
         layer.factors["B"].zero_()
-        layer.factors["A"][0, 0] = layer.factors["A"][1, 1] = 1.0
-        layer.factors["B"][0, 0] = layer.factors["B"][1, 1] = 1.0
+        for i, s in enumerate(singular):
+            layer.factors["A"][i, i] = s
+            layer.factors["B"][i + 1, i] = 1.0  # orthonormal columns of B
     metrics = method.final_metrics(model)
-    name = next(iter(adapter_layers(model)))
-    dw = layer.delta_weight()  # scaling 2 (alpha 8 / r 4) on two diagonal entries
-    assert metrics["delta_rank"][name] == 2
-    expected = (dw @ dw.T - torch.eye(dw.shape[0])).square().sum().item()  # (4-1)^2 * 2 + (d_out - 2)
-    assert metrics["delta_orthogonality_loss"][name] == pytest.approx(expected)
-    assert expected == pytest.approx(9 * 2 + dw.shape[0] - 2)
+    d_out = layer.out_features
+    assert metrics["delta_rank"][name] == 3
+    expected = sum((s**2 - 1) ** 2 for s in singular) + (d_out - 4)
+    assert metrics["delta_orthogonality_loss"][name] == pytest.approx(expected, rel=1e-5)
+    # the other adapters are untouched (B = 0): rank 0, loss d_out
+    other, x = list(adapter_layers(model).items())[1]
+    assert metrics["delta_rank"][other] == 0 and metrics["delta_orthogonality_loss"][other] == x.out_features
+    method.cfg.rank_rtol = 1e-5  # a tighter tolerance counts the 1e-4 direction too
+    assert method.final_metrics(model)["delta_rank"][name] == 4
+
+
+def test_mask_generator_follows_the_trainer_seed():
+    def draws(seed: int) -> list[list[int]]:
+        plan = make_plan(compose_cfg("model=tiny-bert", "task=glue/rte", "method=rm_lora", f"trainer.seed={seed}"))
+        return [torch.randperm(8, generator=plan.method.generator).tolist() for _ in range(5)]
+
+    assert draws(1) == draws(1)
+    assert draws(1) != draws(2)
 
 
 @pytest.mark.parametrize(("r", "trainable"), [(4, 1_255_682), (8, 1_919_234)])
@@ -134,3 +154,27 @@ def test_deberta_squad_counts_of_table2(r, trainable):
     encoder = [r".*encoder\.layer\.\d+\..*(query_proj|key_proj|value_proj|dense)"]
     Lora(LoraConfig(r=r)).attach(model, encoder, head_modules(plan.model, "question_answering"))
     assert count_parameters(model)["trainable_params"] == trainable
+
+
+def test_table1_renders_training_and_inference_counts(tmp_path):
+    # RM-LoRA Table 1 prints "# T / I - Params": SoRA's I is what its output keeps after pruning (recorded by the
+    # run), LoRA's I is its T (nothing pruned)
+    spec = tables.load_spec(PROJECT_ROOT / "experiments" / "rm_lora" / "table1.yaml")
+
+    def put(row: str, trainable: int, method_metrics: dict) -> None:
+        path = tmp_path / "runs" / "rm_lora" / "table1" / "offline" / row / "cola" / "seed42" / "results.json"
+        path.parent.mkdir(parents=True)
+        result = {"status": "finished", "metrics": {"best": {"mcc": 0.5}, "epochs": []}, "weights_source": "hub",
+                  "params": {"trainable_params": trainable}, "method_metrics": method_metrics}  # fmt: skip
+        path.write_text(json.dumps(result))
+
+    put("sora_r4", 2_000_000, {"inference_params": 1_400_000, "mean_gate_rank": 5.5})
+    put("lora_r4", 1_255_682, {})
+    results = tables.results_from_disk(spec, "offline", tmp_path)
+    cells = {(c.row, c.column): c for c in tables.collect(spec, "offline", results, {})}
+    sora, lora = cells[("sora_r4", "cola")], cells[("lora_r4", "cola")]
+    assert (sora.params_paper, sora.inference_paper, sora.inference_run) == ("1.92M", "1.38M", 1_400_000)
+    assert (lora.params_paper, lora.inference_paper, lora.inference_run) == ("1.26M", "1.26M", 1_255_682)
+    md, _ = tables.render(spec, "offline", list(cells.values()), results)
+    assert "| inference (our run) | inference (paper) |" in md
+    assert "| 2,000,000 |  | 1.92M |  | 1,400,000 | 1.38M |" in md

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import loralab.run as run_module
 from loralab.adapters import adapter_layers
-from loralab.methods.rolora import move_ranks, resize_triplets
+from loralab.methods.rolora import Rolora, move_ranks, resize_triplets
 from loralab.run import build, make_plan, run
 
 
@@ -104,11 +104,70 @@ def test_sora_as_sparsify(tmp_path, tiny_glue):
 
     cfg = compose_cfg(
         "model=tiny-bert", "task=glue/rte", "method=rolora", "method.init_r=4", "method.target_r=4",
-        "method.sparsify=sora", "method.xi=0.3", "method.iterations=2", f"task.data_dir={tiny_glue}",
-        "trainer.epochs=2", "logger.mode=disabled", "trainer.progress=false",
+        "method.sparsify=sora", "method.xi=0.3", "method.multiply_lr=false", "method.iterations=2",
+        f"task.data_dir={tiny_glue}", "trainer.epochs=2", "logger.mode=disabled", "trainer.progress=false",
     )  # fmt: skip
     m = run(cfg, tmp_path / "run")["method_metrics"]
     assert m["max_allocated"] <= m["budget"] and len(m["rank_history"]) == 2
-    # the output keeps the surviving gates (a module with none keeps one zero-gated component)
-    assert all(m["rank"][n] <= m["rank_history"][-1][n] for n in m["rank"])
-    assert sum(m["rank"].values()) < m["budget"]  # N(0, 1) gates, threshold 0.3 per step: some are pruned
+    # at the end the adapters are compacted to the surviving gates (a module with none keeps one zero-gated one)
+    assert m["mean_final_rank"] * len(m["rank"]) <= sum(m["rank_history"][-1].values()) < m["budget"]
+    assert m["ranks_of"] == "best_epoch" and all(0 <= r <= 4 for r in m["rank"].values())
+
+
+def test_extend_draws_new_components_as_a_fresh_adapter():
+    # "initialized in the same way as LoRA adapters so that their product is 0": SoRA's new components get a live
+    # N(0, 1) gate, a Kaiming-uniform A row and a zero B column; AdaLoRA's new ones N(0, 0.02) P and Q, lambda 0
+    for sparsify, (a, d, b) in (("sora", ("A", "gate", "B")), ("adalora", ("Q", "E", "P"))):
+        plan = make_plan(compose_cfg("model=tiny-bert", "task=glue/rte", "method=rolora", "method.init_r=4",
+                                     "method.target_r=4", f"method.sparsify={sparsify}"))  # fmt: skip
+        torch.manual_seed(0)
+        layer = next(iter(adapter_layers(build(plan)[0]).values()))
+        with torch.no_grad():
+            layer.factors[b].normal_()
+            layer.factors[d].copy_(torch.tensor([0.5, 0.0, 0.0, -2.0]))
+        resize_triplets(layer, 8)  # 2 survivors + 6 new
+        new_a, new_d, new_b = (
+            t.detach() for t in (layer.factors[a][2:], layer.factors[d][2:], layer.factors[b][:, 2:])
+        )
+        if sparsify == "sora":
+            assert (new_b == 0).all() and (new_d != 0).all()
+            assert 0 < new_a.abs().max() <= 1 / layer.in_features**0.5  # U(+-1/sqrt(fan_in)), as at build time
+        else:
+            assert (new_d == 0).all() and (new_a != 0).all() and (new_b != 0).all()
+            assert float(new_a.std()) == pytest.approx(0.02, rel=0.2)
+            assert float(new_b.std()) == pytest.approx(0.02, rel=0.2)
+
+
+def test_rolora_b_new_gates_live_after_extend(tmp_path, tiny_glue, monkeypatch):
+    # RoLoRA^B: phase 1 prunes gates (a strong threshold, 0.3 per step), EXTEND adds new components, and in phase 2
+    # they train: their gates are still non-zero after its 3 steps and their B columns have moved off zero. (Given
+    # gate 0, as before, a threshold above an Adam step kept every new gate at exactly 0.)
+    real = Rolora.on_phase_end
+    seen = {}
+
+    def spy(self, model, phase):
+        layers = adapter_layers(model)
+        if phase == 0:
+            seen["survived"] = self.active_ranks(model)
+        else:  # before the final compaction: the components added at the end of phase 0
+            seen["new"] = [
+                (x.factors["gate"][seen["survived"][n] :].detach().clone(),
+                 x.factors["B"][:, seen["survived"][n] :].detach().clone())
+                for n, x in layers.items()
+            ]  # fmt: skip
+        real(self, model, phase)
+
+    monkeypatch.setattr(Rolora, "on_phase_end", spy)
+    cfg = compose_cfg(
+        "model=tiny-bert", "task=glue/rte", "method=rolora", "method.init_r=4", "method.target_r=4",
+        "method.sparsify=sora", "method.xi=0.3", "method.multiply_lr=false", "method.iterations=2",
+        f"task.data_dir={tiny_glue}", "trainer.epochs=1", "trainer.batch_size=8", "trainer.lr=1e-3",
+        "logger.mode=disabled", "trainer.progress=false",
+    )  # fmt: skip
+    run(cfg, tmp_path)
+    gates = torch.cat([g for g, _ in seen["new"]])
+    assert gates.numel() > 0  # phase 1 pruned, EXTEND grew
+    alive = gates != 0
+    assert alive.float().mean() > 0.2, gates
+    for g, b in seen["new"]:  # every live new component contributes: its B column trained
+        assert all(b[:, i].abs().max() > 0 for i in torch.nonzero(g).flatten())

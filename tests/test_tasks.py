@@ -221,7 +221,7 @@ def test_task_runs_end_to_end_on_local_files(tmp_path, task, model, writer, over
 def test_squad_dev_only_needs_the_dev_by_article_protocol(tmp_path):
     data = tmp_path / "squad"
     write(data / "dev-v1.1.json", squad_json(5, 2))  # 5 articles: 1 (eval_fraction 0.2) held out for evaluation
-    with pytest.raises(ValueError, match=r"split\(s\) \['train'\] not available; .* has \['validation'\]"):
+    with pytest.raises(FileNotFoundError, match=r"split\(s\) \['train'\] are not in the local .* task.protocol"):
         run_task(tmp_path, "squad/v1", "tiny-bert", data, *QA)
     assert not (tmp_path / "run" / "results.json").exists()
     result, out = run_task(tmp_path, "squad/v1", "tiny-bert", data, *QA, "task.protocol=dev_by_article")

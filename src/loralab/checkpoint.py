@@ -4,7 +4,9 @@ A run directory holds at most two checkpoints, ``checkpoint.pt`` (the latest) an
 with a ``.json`` sidecar naming its SHA-256. A checkpoint is written to a temporary name, flushed to disk and
 renamed, and its sidecar is written (the same way) only after that: a file without a matching sidecar is never
 read. Loading checks the hash; a damaged latest checkpoint falls back to the previous one, and with neither the
-run starts from the beginning (said in the log).
+run starts from the beginning (said in the log). A checkpoint holds only tensors and plain Python values and is
+read with ``torch.load(weights_only=True)``: a file holding anything else (a crafted pickle, even with a matching
+sidecar) is refused with an error and never executes code.
 
 The identity of a run is its composed config without the keys that do not change what is computed (logging,
 progress bars, checkpoint cadence, where the assets live, Hydra's own settings); its hash names the default run
@@ -18,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -36,15 +39,21 @@ OPERATIONAL_KEYS = (
     "logger",
     "paths",
     "dry_run",
+    "preflight",
     "trainer.progress",
     "trainer.checkpoint_every",
     "trainer.resume",
     "trainer.keep_checkpoint",
 )
 
+# keys added after runs were recorded: left out at these (their default) values, so earlier runs keep their ids
+LATER_KEYS = {"eval_only": False, "adapter": None, "method.init_from": None, "trainer.group_by_length": False,
+              "trainer.eval_every": None}  # fmt: skip
+
 
 def run_identity(cfg: DictConfig | dict) -> dict[str, Any]:
-    """The resolved config without :data:`OPERATIONAL_KEYS`: two runs with the same identity compute the same."""
+    """The resolved config without :data:`OPERATIONAL_KEYS` (and :data:`LATER_KEYS` at their defaults): two runs with
+    the same identity compute the same."""
     if isinstance(cfg, DictConfig):
         cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                for k in cfg if k != "hydra"}  # fmt: skip
@@ -55,6 +64,11 @@ def run_identity(cfg: DictConfig | dict) -> dict[str, Any]:
             ident.pop(group, None)
         elif isinstance(ident.get(group), dict):
             ident[group].pop(name, None)
+    for key, default in LATER_KEYS.items():
+        group, _, name = key.partition(".")
+        node = ident.get(group) if name else ident
+        if isinstance(node, dict) and node.get(name or group, default) == default:
+            node.pop(name or group, None)
     return ident
 
 
@@ -71,7 +85,11 @@ def run_id_resolver(*, _root_: DictConfig) -> str:
 
 # ---- random number generators --------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The random states, as tensors and plain Python values (a checkpoint holds nothing else: see
+    :func:`load_checkpoint`)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -79,7 +97,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -112,22 +131,28 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def save_checkpoint(directory: Path, state: dict[str, Any], summary: dict[str, Any]) -> Path:
+def _paths(directory: Path, stem: str) -> tuple[Path, Path]:
+    """The latest and the previous checkpoint named ``stem`` (``checkpoint``: a run's; ``fused_checkpoint``: a fused
+    group's, in its first run's directory)."""
+    return directory / f"{stem}.pt", directory / f"{stem}.prev.pt"
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any], summary: dict[str, Any], stem: str = "checkpoint") -> Path:
     """Write ``state`` as the latest checkpoint of ``directory``; the one before becomes the previous.
     ``summary`` (e.g. phase and step) goes into the sidecar, readable without loading the checkpoint."""
-    latest, previous = directory / CHECKPOINT, directory / PREVIOUS
+    latest, previous = _paths(directory, stem)
     if latest.exists() and _sidecar(latest).exists():
         os.replace(latest, previous)
         os.replace(_sidecar(latest), _sidecar(previous))
     _fsync_write(latest, lambda f: torch.save(state, f))
-    info = {"file": CHECKPOINT, "sha256": _sha256(latest), **summary}
+    info = {"file": latest.name, "sha256": _sha256(latest), **summary}
     _fsync_write(_sidecar(latest), lambda f: f.write(json.dumps(info).encode()))
     return latest
 
 
-def load_checkpoint(directory: Path) -> dict[str, Any] | None:
+def load_checkpoint(directory: Path, stem: str = "checkpoint") -> dict[str, Any] | None:
     """The newest intact checkpoint of ``directory`` (hash checked), or None when there is none."""
-    for path in (directory / CHECKPOINT, directory / PREVIOUS):
+    for path in _paths(directory, stem):
         if not path.exists():
             continue
         try:
@@ -138,11 +163,19 @@ def load_checkpoint(directory: Path) -> dict[str, Any] | None:
         if _sha256(path) != expected:
             log.warning("ignoring %s: its SHA-256 does not match %s (damaged or half-written)", path, _sidecar(path))
             continue
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ValueError(
+                f"refusing to load {path}: it holds objects other than tensors and plain Python values, which "
+                "loralab never writes, and loading them could run code from the file. Remove it and its sidecar "
+                f"{_sidecar(path).name} (the run then resumes from the previous checkpoint or starts over). Detail: "
+                f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}"
+            ) from e
     return None
 
 
-def remove_checkpoints(directory: Path) -> None:
-    for name in (CHECKPOINT, PREVIOUS):
-        (directory / name).unlink(missing_ok=True)
-        _sidecar(directory / name).unlink(missing_ok=True)
+def remove_checkpoints(directory: Path, stem: str = "checkpoint") -> None:
+    for path in _paths(directory, stem):
+        path.unlink(missing_ok=True)
+        _sidecar(path).unlink(missing_ok=True)

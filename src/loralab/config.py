@@ -27,17 +27,23 @@ class TaskConfig:
     is only for ``dry_run`` counting.
 
     Data: ``dataset`` (glue, wmt16, iwslt2017, squad, gsm8k, dialogsum, hellaswag, cifar100, food101) and
-    ``subset`` (GLUE task, language pair, SQuAD version). ``source``: ``auto`` reads ``data_dir`` (the official
-    file format) when it exists, else the hub dataset; ``local`` and ``hub`` force one. ``train_split`` and
-    ``eval_splits`` name the splits; the first eval split picks the best epoch by ``main_metric``. ``holdout``
-    moves that many (seeded) training examples into a split named ``holdout``. ``protocol: dev_by_article``
-    (SQuAD offline, where only the dev set exists) splits the dev set by article, ``eval_fraction`` of the
-    articles for evaluation. ``limit_train`` / ``limit_eval`` take the first N records (smoke and CPU-scale runs;
-    recorded in the result).
+    ``subset`` (GLUE task, language pair, SQuAD version). ``source``: ``auto`` reads each split from ``data_dir``
+    (the official file format) when it holds it, else from the pinned hub dataset (the local Hugging Face cache, or
+    a download when the hub can be used; ``loralab.data.hub``), recording each split's source; ``local`` and ``hub``
+    force one. ``train_split`` and ``eval_splits`` name the splits; the first eval split picks the best epoch by
+    ``main_metric``. ``holdout`` moves that many (seeded) training examples into a split named ``holdout``.
+    ``protocol: dev_by_article`` (SQuAD offline, where only the dev set exists) splits the dev set by article,
+    ``eval_fraction`` of the articles for evaluation. ``limit_train`` / ``limit_eval`` take the first N records
+    (smoke and CPU-scale runs; recorded in the result).
 
     Text: ``max_seq_length`` (input tokens; causal LMs: prompt + target), ``max_target_length`` (seq2seq
     targets). Generation: ``prompt`` and ``target`` are format strings over a record's fields,
-    ``max_new_tokens``, ``num_beams`` (1 = greedy), ``stop`` strings cutting the output. Extractive QA:
+    ``max_new_tokens``, ``num_beams`` (1 = greedy), ``stop`` strings cutting the output. ``chat_template``: wrap
+    the user turn ``chat_prompt`` (a format string with the task's instruction; default ``prompt``) and the target
+    as user and assistant turns with the tokenizer's chat template (instruct models; loss on the assistant turn
+    only, decoding after the generation prompt, until the end-of-turn token). ``zero_shot``: evaluate the eval
+    splits once before training with the adapters bypassed (the same prompts and decoding) and record it as
+    ``zero_shot`` in the result (generation tasks only). Extractive QA:
     ``doc_stride``, ``max_answer_length``, ``null_threshold`` (v2). Vision: ``image_size``.
     """
 
@@ -62,6 +68,9 @@ class TaskConfig:
     max_new_tokens: int = 128
     num_beams: int = 1
     stop: list[str] = field(default_factory=list)
+    chat_template: bool = False
+    chat_prompt: str | None = None
+    zero_shot: bool = True
     doc_stride: int = 128
     max_answer_length: int = 30
     null_threshold: float = 0.0
@@ -74,12 +83,17 @@ class TrainerConfig:
     ``linear`` or ``cosine`` decay to zero.
 
     ``precision``: ``auto`` = bf16 autocast on a GPU that supports it, else fp32. ``max_steps`` stops early
-    (smoke runs). ``early_stopping_patience``: epochs without improvement of the main metric before stopping.
+    (smoke runs). ``eval_every``: optimizer steps between evaluations (and at the end of training; null: once per
+    epoch; Tied-LoRA's "validation check interval of 30 steps"). ``early_stopping_patience``: evaluations without
+    improvement of the main metric before stopping.
     ``iterations``: train this many times, each starting from the best checkpoint so far (the RoLoRA paper's
     iterated baselines LoRA* and AdaLoRA*); methods with phases of their own (RoLoRA) set them themselves.
     ``checkpoint_every``: optimizer steps between checkpoints (also one after every epoch; null: epochs only);
     ``resume``: continue from the run directory's checkpoint (false: start over); ``keep_checkpoint``: keep the
     last checkpoint after the run finished (default: removed, the result and adapter stay).
+    ``group_by_length``: batches of examples of similar length (less padding, faster on a CPU), shuffled in
+    mega-batches of 50 batches (:class:`loralab.data.batching.LengthGroupedBatches`); off by default: it changes
+    which examples share a batch, so it is another run, not the same run made faster.
     """
 
     epochs: int = 3
@@ -96,12 +110,14 @@ class TrainerConfig:
     precision: str = "auto"
     seed: int = 42
     early_stopping_patience: int | None = None
+    eval_every: int | None = None
     iterations: int = 1
     progress: bool = True
     save_adapter: bool = True
     checkpoint_every: int | None = 200
     resume: bool = True
     keep_checkpoint: bool = False
+    group_by_length: bool = False
 
 
 @dataclass

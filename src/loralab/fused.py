@@ -22,6 +22,9 @@ Each configuration gets exactly the updates it would get alone:
 - *evaluation*: each config's own model, through the task's usual ``evaluate``; best epoch, predictions and
   ``adapter.safetensors`` as in a single run; one ``results.json`` per config in its own directory, with the
   single-run schema plus a ``fused`` entry (group size, what the timings mean).
+- *checkpoints*: as a single run's (``trainer.checkpoint_every`` steps and every epoch), one per group,
+  ``fused_checkpoint.pt`` in its first config's directory, named by the group's run ids; the same sweep run again
+  resumes the group to the results of an uninterrupted one.
 
 Equality holds up to float rounding (matmuls over K*B rows instead of B), and only **without dropout**: the fused
 backbone draws dropout masks for K*B rows, so with dropout each config trains on different (equally valid) masks
@@ -60,10 +63,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from loralab.adapters import AdapterLinear, adapter_layers, count_parameters
+from loralab.adapters import AdapterLinear, adapter_layers, adapter_state_dict, count_parameters, load_adapter_state
 from loralab.adapters.layer import LinearWrapper
 from loralab.adapters.model import BANK_NAME
-from loralab.checkpoint import remove_checkpoints, run_id, run_identity
+from loralab.checkpoint import (
+    load_checkpoint,
+    remove_checkpoints,
+    rng_state,
+    run_id,
+    run_identity,
+    save_checkpoint,
+    set_rng_state,
+)
 from loralab.methods import Method
 from loralab.models import load_tokenizer
 from loralab.run import (
@@ -84,7 +95,11 @@ from loralab.run import (
 from loralab.tasks import Evaluation, TaskData
 
 log = logging.getLogger(__name__)
-HOOKS = ("on_train_start", "extra_loss", "after_backward", "after_optimizer_step", "on_epoch_end", "on_phase_end")
+FUSED_CHECKPOINT = "fused_checkpoint"  # a group's checkpoint (fused_checkpoint.pt), in its first config's directory
+HOOKS = (
+    "on_train_start", "extra_loss", "after_backward", "after_optimizer_step", "on_epoch_end", "on_best_epoch",
+    "on_phase_end",
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -94,8 +109,8 @@ def fusable_plan(cfg: DictConfig) -> Plan:
     plan = make_plan(cfg)
     name = plan.method.name
     advice = "run it without hydra/launcher=fused"
-    if cfg.get("dry_run", False):
-        raise ValueError(f"dry_run=true trains nothing: {advice}")
+    if cfg.get("dry_run", False) or cfg.get("eval_only", False):
+        raise ValueError(f"dry_run=true and eval_only=true train nothing: {advice}")
     if plan.task.kind == "bare":
         raise ValueError("task=bare has no data to train on; it only serves dry_run=true parameter counts")
     hooks = [h for h in HOOKS if getattr(type(plan.method), h) is not getattr(Method, h)]
@@ -106,6 +121,10 @@ def fusable_plan(cfg: DictConfig) -> Plan:
         )
     if plan.trainer.iterations != 1:
         raise ValueError(f"trainer.iterations={plan.trainer.iterations} restarts training: {advice}")
+    if plan.trainer.eval_every:
+        raise ValueError(
+            f"trainer.eval_every={plan.trainer.eval_every}: fused groups evaluate once per epoch; {advice}"
+        )
     precision_mode(plan.trainer)
     _, _, hit = build(plan, device="meta")  # adapter shapes and target patterns checked before loading anything
     if not hit:
@@ -382,14 +401,68 @@ def _on_epoch(member: Member, record: dict, evaluation: Evaluation) -> None:
         save_best(member.plan, member.model, member.output_dir, record, evaluation)
 
 
+def _group_id(members: Sequence[Member]) -> str:
+    """A fused group's identity: its configs' run ids, in order (a checkpoint of another group is not resumed)."""
+    return "fused:" + ",".join(run_id(m.resolved) for m in members)
+
+
+def _save_group(members: Sequence[Member], progress: dict, optimizer, scheduler, epoch_generator: torch.Tensor) -> None:
+    """A group checkpoint (``fused_checkpoint.pt`` in the first config's directory): every config's adapter, head
+    and bookkeeping, the one optimizer and schedule, the data position and the random states."""
+    state = {
+        "run_id": _group_id(members),
+        "progress": progress,
+        "members": [
+            {
+                "model": adapter_state_dict(m.model),
+                "epochs": m.epochs,
+                "best": m.best,
+                "stale": m.stale,
+                "steps": m.steps,
+                "running": m.running,
+            }
+            for m in members
+        ],
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch_generator": epoch_generator,
+        "rng": rng_state(),
+    }
+    save_checkpoint(members[0].output_dir, state, {"epoch": progress["epoch"], "step": progress["step"]},
+                    stem=FUSED_CHECKPOINT)  # fmt: skip
+
+
+def _resume_group(members: Sequence[Member]) -> dict[str, Any] | None:
+    """Load the group's newest intact checkpoint into its members (None: there is none, or it is another group's)."""
+    directory = members[0].output_dir
+    state = load_checkpoint(directory, stem=FUSED_CHECKPOINT)
+    if state is None:
+        return None
+    if state["run_id"] != _group_id(members):
+        log.warning("ignoring %s: it belongs to another fused group", directory / f"{FUSED_CHECKPOINT}.pt")
+        return None
+    for m, saved in zip(members, state["members"], strict=True):
+        load_adapter_state(m.model, saved["model"], f"fused checkpoint in {directory}")
+        m.epochs, m.best, m.stale, m.steps, m.running = (saved[k] for k in ("epochs", "best", "stale", "steps",
+                                                                             "running"))  # fmt: skip
+    log.info("resuming fused group from %s: epoch %d, step %d", directory, state["progress"]["epoch"],
+             state["progress"]["step"])  # fmt: skip
+    return state
+
+
 def train_fused(
     members: Sequence[Member], fused: FusedModel, data: TaskData, tokenizer: Any, accelerator: Accelerator
-) -> None:
-    """The training loop of :func:`loralab.run.train` for K configs at once (one phase, no method hooks)."""
+) -> int:
+    """The training loop of :func:`loralab.run.train` for K configs at once (one phase, no method hooks), with its
+    checkpoints: every ``trainer.checkpoint_every`` optimizer steps and after every epoch, resumed from when the
+    group is run again. Returns how many times it resumed (0 or 1)."""
     plan = members[0].plan
     tr, task, groups = plan.trainer, plan.runner, len(members)
-    train_loader, _ = train_batches(plan, data, tokenizer)
+    train_loader, gen = train_batches(plan, data, tokenizer)
     eval_sets = task.eval_sets(data, tokenizer)
+    if not tr.resume:
+        remove_checkpoints(members[0].output_dir, stem=FUSED_CHECKPOINT)
+    state = _resume_group(members)
     for m in members:
         m.params = [p for p in m.model.parameters() if p.requires_grad]
     adamw = torch.optim.AdamW([{"params": m.params} for m in members], lr=tr.lr, weight_decay=tr.weight_decay)
@@ -399,13 +472,28 @@ def train_fused(
         m.model.to(accelerator.device)  # its own buffers (the shared tensors moved with the fused model)
     per_config = plan.task.kind == "sequence_classification"
     hf_config = accelerator.unwrap_model(fused).backbone.config
+    progress = {"epoch": 1, "batches": 0, "step": 0, "losses": [], "train_time": 0.0}
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        gen.set_state(state["epoch_generator"])
+        progress = state["progress"]
+    resumed = int(state is not None)
 
-    step = 0
-    bar = tqdm(total=total, desc=f"train x{groups}", disable=not tr.progress or not accelerator.is_main_process)
+    step = progress["step"]
+    bar = tqdm(total=total, initial=step, desc=f"train x{groups}",
+               disable=not tr.progress or not accelerator.is_main_process)  # fmt: skip
     fused.train()
-    for epoch in range(1, tr.epochs + 1):
-        losses, started = [], time.time()
-        for batch in train_loader:
+    for epoch in range(progress["epoch"], tr.epochs + 1):
+        epoch_generator, consumed = gen.get_state(), progress["batches"]
+        batches = iter(train_loader)
+        for _ in range(consumed):  # a resumed epoch: the same order, without the batches already trained on
+            next(batches)
+        if state is not None:
+            set_rng_state(state["rng"])
+            state = None
+        losses, started = progress["losses"], time.time() - progress["train_time"]
+        for batch in batches:
             with accelerator.accumulate(fused):
                 out = fused(**batch)
                 loss = out.loss
@@ -433,12 +521,17 @@ def train_fused(
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             losses.append(replicas.tolist())
+            consumed += 1
             if accelerator.sync_gradients:
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
                 if step >= total:
                     break
+                if tr.checkpoint_every and step % tr.checkpoint_every == 0:
+                    progress = {"epoch": epoch, "batches": consumed, "step": step, "losses": losses,
+                                "train_time": time.time() - started}  # fmt: skip
+                    _save_group(members, progress, optimizer, scheduler, epoch_generator)
         train_time = time.time() - started
         fused.eval()
         for k, m in enumerate(members):
@@ -459,9 +552,15 @@ def train_fused(
             if tr.early_stopping_patience and m.stale >= tr.early_stopping_patience:
                 m.running = False
         fused.train()
-        if step >= total or not any(m.running for m in members):
+        progress = {"epoch": epoch + 1, "batches": 0, "step": step, "losses": [], "train_time": 0.0}
+        finished = step >= total or not any(m.running for m in members)
+        if finished:  # nothing left to train: a resumed group goes straight to its results
+            progress["epoch"] = tr.epochs + 1
+        _save_group(members, progress, optimizer, scheduler, gen.get_state())
+        if finished:
             break
     bar.close()
+    return resumed
 
 
 def _log_wandb(member: Member) -> None:
@@ -528,13 +627,13 @@ def _train_group(plans: Sequence[Plan], resolved: Sequence[dict], dirs: Sequence
         gradient_accumulation_steps=first.trainer.grad_accum,
     )
     log.info("fused group of %d configs: %s", len(members), [str(m.output_dir) for m in members])
-    train_fused(members, fused, data, tokenizer, accelerator)
+    resumed = train_fused(members, fused, data, tokenizer, accelerator)
 
     results = []
     for k, m in enumerate(members):
         history = {"epochs": m.epochs, "best": m.best, "steps": m.steps}
         result = result_record(m.plan, m.resolved, history, m.model, m.counts, m.targets, m.weights_source, data,
-                               accelerator, start, 0)  # fmt: skip
+                               accelerator, start, resumed)  # fmt: skip
         result["fused"] = {
             "group_size": len(members),
             "index": k,
@@ -544,7 +643,9 @@ def _train_group(plans: Sequence[Plan], resolved: Sequence[dict], dirs: Sequence
         }
         write_json_atomic(m.output_dir / RESULTS_FILE, result)
         if not m.plan.trainer.keep_checkpoint:
-            remove_checkpoints(m.output_dir)  # a single run's checkpoint left there (fused groups write none)
+            remove_checkpoints(m.output_dir)  # a single run's checkpoint left there
         _log_wandb(m)
         results.append(result)
+    if not first.trainer.keep_checkpoint:  # only now: a group killed while writing its results resumes complete
+        remove_checkpoints(members[0].output_dir, stem=FUSED_CHECKPOINT)
     return results

@@ -41,9 +41,19 @@ from loralab.checkpoint import (
     set_rng_state,
 )
 from loralab.config import PROJECT_ROOT, LoggerConfig, TaskConfig, TrainerConfig
+from loralab.data.batching import LengthGroupedBatches, feature_lengths
 from loralab.methods import Method, MethodConfig, build_method
-from loralab.models import ModelConfig, build_model, head_modules, load_tokenizer, model_kind, resolve_targets
+from loralab.models import (
+    ModelConfig,
+    build_model,
+    head_modules,
+    load_tokenizer,
+    model_kind,
+    resolve_targets,
+    resolve_weights,
+)
 from loralab.tasks import Evaluation, Task, TaskData, build_task
+from loralab.tasks.generation import zero_shot_baseline
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
@@ -113,16 +123,14 @@ def precision_mode(trainer: TrainerConfig) -> str:
 
 
 def train_batches(plan: Plan, data: TaskData, tokenizer) -> tuple[DataLoader, torch.Generator]:
-    """The training batches in the run's order: shuffled by a generator seeded with ``trainer.seed``."""
+    """The training batches in the run's order: shuffled by a generator seeded with ``trainer.seed`` (with
+    ``trainer.group_by_length``: batches of similar length, :class:`LengthGroupedBatches`)."""
     gen = torch.Generator().manual_seed(plan.trainer.seed)
-    loader = DataLoader(
-        plan.runner.train_features(data, tokenizer),
-        plan.trainer.batch_size,
-        shuffle=True,
-        collate_fn=plan.runner.collator(tokenizer),
-        generator=gen,
-    )
-    return loader, gen
+    features, collate = plan.runner.train_features(data, tokenizer), plan.runner.collator(tokenizer)
+    if plan.trainer.group_by_length:
+        batches = LengthGroupedBatches(feature_lengths(features), plan.trainer.batch_size, gen)
+        return DataLoader(features, batch_sampler=batches, collate_fn=collate), gen
+    return DataLoader(features, plan.trainer.batch_size, shuffle=True, collate_fn=collate, generator=gen), gen
 
 
 def lr_schedule(tr: TrainerConfig, optimizer: torch.optim.Optimizer, batches_per_epoch: int) -> tuple[Any, int]:
@@ -141,9 +149,14 @@ def lr_schedule(tr: TrainerConfig, optimizer: torch.optim.Optimizer, batches_per
 def save_best(plan: Plan, model: nn.Module, output_dir: Path, record: dict, evaluation: Evaluation) -> None:
     """A new best epoch: its adapter (``adapter.safetensors``) and predictions (``predictions_<split>.jsonl``)."""
     if plan.trainer.save_adapter and plan.method.saves_adapter:
-        meta = {"phase": str(record["phase"]), "epoch": str(record["epoch"])}
+        meta = {"phase": str(record["phase"]), "epoch": str(record["epoch"]), **plan.method.adapter_metadata(model)}
         save_adapter(model, output_dir / "adapter.safetensors", meta)
-    for split, rows in evaluation.outputs.items():  # generated / extracted answers of the best epoch
+    write_predictions(output_dir, evaluation)
+
+
+def write_predictions(output_dir: Path, evaluation: Evaluation) -> None:
+    """The generated / extracted answers of an evaluation, one ``predictions_<split>.jsonl`` per split."""
+    for split, rows in evaluation.outputs.items():
         with open(output_dir / f"predictions_{split}.jsonl", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
 
@@ -176,6 +189,7 @@ def result_record(
         "adapted_modules": len(targets),
         "weights_source": weights_source,
         "data_source": data.source,
+        "data_sources": data.sources,
         "num_train_examples": len(data.train),
         "num_eval_examples": {k: len(v) for k, v in data.evals.items()},
         "data_stats": data.stats,
@@ -303,9 +317,32 @@ def train(
 
     p = progress
     bar = tqdm(total=total, initial=p.step, desc="train", disable=not tr.progress or not accelerator.is_main_process)
+
+    def evaluate(train_time: float) -> bool:
+        """Evaluate now, record it (``on_epoch``) and count it for early stopping; returns whether to stop."""
+        model.eval()
+        evaluation = task.evaluate(model, eval_sets, tokenizer, accelerator, tr.eval_batch_size)
+        model.train()
+        metrics = evaluation.metrics
+        record = {
+            "phase": p.phase,
+            "epoch": p.epoch,
+            "step": p.step,
+            "train_loss": accelerator.reduce(torch.tensor(np.mean(p.losses)), "mean").item(),  # over processes
+            "train_time_s": train_time,
+            **metrics,
+        }
+        p.history.append(record)
+        value = metrics[plan.task.main_metric]
+        p.best_value, p.stale = (value, 0) if value > p.best_value else (p.best_value, p.stale + 1)  # early stopping
+        log.info("epoch %d, step %d: %s", p.epoch, p.step, json.dumps(record))
+        on_epoch(record, evaluation)
+        return bool(tr.early_stopping_patience and p.stale >= tr.early_stopping_patience)
+
     model.train()
     for epoch in range(p.epoch, tr.epochs + 1):
         p.epoch, epoch_generator = epoch, gen.get_state()
+        stop, evaluated_at = False, None
         batches = iter(train_loader)
         for _ in range(p.batches):  # a resumed epoch: the same order, without the batches already trained on
             next(batches)
@@ -330,40 +367,29 @@ def train(
                 optimizer.step()  # accelerate's optimizer only steps when gradients are synchronised
                 if accelerator.sync_gradients:
                     scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
             p.losses.append(loss.item())
             p.batches += 1
             if accelerator.sync_gradients:
-                method.after_optimizer_step(model, p.step)  # hook: after the optimizer step
+                method.after_optimizer_step(model, p.step)  # hook: after the optimizer step, gradients still there
+                optimizer.zero_grad(set_to_none=True)
                 p.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(p.losses[-20:]):.4f}")
                 if p.step >= total:
                     break
+                if tr.eval_every and p.step % tr.eval_every == 0:  # step-based cadence (else once per epoch)
+                    stop, evaluated_at = evaluate(time.time() - started), p.step
+                    p.losses = []
+                    if stop:
+                        break
                 if checkpoints.due(p.step):
                     p.train_time = time.time() - started
                     checkpoints.save(model, p, optimizer, scheduler, epoch_generator)
-        train_time = time.time() - started
-        model.eval()
-        evaluation = task.evaluate(model, eval_sets, tokenizer, accelerator, tr.eval_batch_size)
-        model.train()
-        metrics = evaluation.metrics
-        record = {
-            "phase": p.phase,
-            "epoch": epoch,
-            "step": p.step,
-            "train_loss": accelerator.reduce(torch.tensor(np.mean(p.losses)), "mean").item(),  # over processes
-            "train_time_s": train_time,
-            **metrics,
-        }
-        p.history.append(record)
-        value = metrics[plan.task.main_metric]
-        p.best_value, p.stale = (value, 0) if value > p.best_value else (p.best_value, p.stale + 1)  # early stopping
-        log.info("epoch %d: %s", epoch, json.dumps(record))
-        on_epoch(record, evaluation)
+        last = p.step >= total or epoch == tr.epochs
+        if not stop and (not tr.eval_every or (last and evaluated_at != p.step)):  # each epoch, or the final one
+            stop = evaluate(time.time() - started)
         method.on_epoch_end(model, epoch)  # hook: epoch boundary
-        stop = tr.early_stopping_patience and p.stale >= tr.early_stopping_patience
-        p.phase_done = bool(p.step >= total or stop or epoch == tr.epochs)
+        p.phase_done = bool(last or stop)
         p.epoch, p.batches, p.losses, p.train_time = epoch + 1, 0, [], 0.0
         checkpoints.save(model, p, optimizer, scheduler, gen.get_state())
         if p.phase_done:
@@ -441,11 +467,19 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     A run that finds its own checkpoint in ``output_dir`` continues from it (``trainer.resume``); a finished run
     is not run again (its result is returned).
     """
+    if cfg.get("preflight", False):  # resolve everything, train nothing (loralab.preflight)
+        from loralab.preflight import run_preflight
+
+        return run_preflight(cfg).facts
     plan = make_plan(cfg)
     if cfg.get("dry_run", False):
         info = dry_run(plan)
         print(json.dumps(info))
         return info
+    if cfg.get("eval_only", False):  # evaluate a saved adapter, train nothing
+        from loralab.evaluate import evaluate
+
+        return evaluate(cfg, plan, output_dir)
     if plan.task.kind == "bare":
         raise ValueError("task=bare has no data to train on; it only serves dry_run=true parameter counts")
     output_dir = Path(output_dir)
@@ -462,6 +496,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             f"{plan.method.name} runs {plan.method.phases} phases of its own: leave trainer.iterations at 1"
         )
     build(plan, device="meta")  # adapter shapes and target patterns checked before loading anything
+    resolve_weights(plan.model)  # no weights to be had: an error before any data is read
     data = plan.runner.load()  # data errors before any weights are loaded
     tokenizer = None if plan.runner.model_kind == "image_classification" else load_tokenizer(plan.model)
     plan.runner.check_lengths(data, tokenizer)  # truncation that leaves nothing to train on, before weights
@@ -488,6 +523,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     wandb_run = wandb_init(plan, resolved, output_dir, checkpoints.wandb_id) if accelerator.is_main_process else None
     checkpoints.wandb_id = None if wandb_run is None else wandb_run.id
     log.info("%s on %s with %s: %s", plan.model.name, plan.task.name, plan.method.name, counts)
+    zero_shot = zero_shot_baseline(plan.runner, model, data, tokenizer, accelerator, plan.trainer.eval_batch_size,
+                                   output_dir, rid)  # fmt: skip
 
     restarts = plan.trainer.iterations > 1  # LoRA* / AdaLoRA*: each run starts from the best checkpoint so far
 
@@ -501,6 +538,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
                 checkpoints.best_adapter = {k: t.clone() for k, t in adapter_state_dict(unwrapped).items()}
             if accelerator.is_main_process:  # data-parallel: every process evaluates, the first one writes
                 save_best(plan, unwrapped, output_dir, record, evaluation)
+            plan.method.on_best_epoch(unwrapped)  # hook: the output adapters
 
     for phase in range(progress.phase, max(plan.method.phases, plan.trainer.iterations)):
         if not progress.phase_done:
@@ -516,6 +554,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     unwrapped = accelerator.unwrap_model(model)
     result = result_record(plan, resolved, history, unwrapped, counts, targets, weights_source, data, accelerator,
                            start, progress.resumes)  # fmt: skip
+    if zero_shot is not None:
+        result["zero_shot"] = zero_shot
     if accelerator.is_main_process:
         write_json_atomic(output_dir / RESULTS_FILE, result)
         if not plan.trainer.keep_checkpoint:

@@ -18,10 +18,12 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,7 @@ class Spec:
     profiles: dict[str, list[str] | None]
     rows: list[Row]
     columns: list[Column]
-    seeds: list[int] = field(default_factory=lambda: [42])
+    seeds: list[int] | dict[str, list[int]] = field(default_factory=lambda: [42])  # or per profile
     scale: float = 100.0
     kind: str = "table"  # "reference": the paper's numbers only (hyper-parameter tables, unmeasured figures)
     notes: str | None = None
@@ -90,6 +92,10 @@ class Spec:
     @property
     def paper(self) -> str:
         return self.path.parent.name
+
+    def seeds_for(self, profile: str) -> list[int]:
+        """The seeds of a profile: ``seeds`` as a list (every profile) or ``{profile: [...]}`` (default [42])."""
+        return self.seeds.get(profile, [42]) if isinstance(self.seeds, dict) else self.seeds
 
     @property
     def name(self) -> str:
@@ -121,6 +127,8 @@ def load_spec(path: str | Path) -> Spec:
     for col in columns:
         if col.runs_of:
             check_runs_of(path, col)
+    if isinstance(spec.seeds, dict) and not set(spec.seeds) <= set(PROFILES):
+        raise ValueError(f"{path}: seeds per profile must name profiles of {PROFILES}, got {sorted(spec.seeds)}")
     if spec.kind not in ("table", "reference"):
         raise ValueError(f"{path}: kind must be table or reference, got {spec.kind!r}")
     return spec
@@ -147,7 +155,12 @@ def paper_numbers(spec: Spec) -> dict[tuple[str, str], dict[str, str]]:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"row", "column", "value"} <= set(reader.fieldnames):
             raise ValueError(f"{path}: header must be row,column,value,params; got {reader.fieldnames}")
-        cells = {(r["row"], r["column"]): {"value": r["value"], "params": r.get("params") or ""} for r in reader}
+        cells = {
+            (r["row"], r["column"]): {
+                "value": r["value"], "params": r.get("params") or "", "inference": r.get("inference_params") or ""
+            }
+            for r in reader
+        }  # fmt: skip
     rows, columns = {r.id for r in spec.rows}, {c.id for c in spec.columns}
     stray = sorted(k for k in cells if spec.kind == "table" and (k[0] not in rows or k[1] not in columns))
     if stray:
@@ -238,27 +251,43 @@ def is_stale(run: Run) -> bool:
 
 
 def execute(
-    spec: Spec, profile: str, results_root: Path, columns: list[str] | None = None, python: str = sys.executable
+    spec: Spec,
+    profile: str,
+    results_root: Path,
+    columns: list[str] | None = None,
+    python: str = sys.executable,
+    jobs: int = 1,
 ) -> int:
     """Train every missing or unfinished (run, seed), of the given columns only if ``columns`` is set; returns how
-    many runs were started. Finished ones are skipped; an interrupted one resumes from its checkpoint."""
+    many runs were started. Finished ones are skipped; an interrupted one resumes from its checkpoint. ``jobs`` > 1
+    trains that many runs at once, each process on one thread (see :func:`run_lanes`)."""
+    commands = pending_commands(spec, profile, results_root, columns, python)
+    run_lanes(commands, jobs)
+    return len(commands)
+
+
+def pending_commands(
+    spec: Spec, profile: str, results_root: Path, columns: list[str] | None = None, python: str = sys.executable
+) -> list[list[str]]:
+    """The training commands of every missing or unfinished (run, seed) (one Hydra multirun per run over its
+    missing seeds); stale run folders are moved aside first (see :func:`execute`)."""
     wanted = None if columns is None else {c.run_name for c in spec.columns if c.id in columns}
     unknown = sorted(set(columns or ()) - {c.id for c in spec.columns})
     if unknown:
         raise ValueError(f"{spec.path}: unknown column(s) {unknown}; columns: {[c.id for c in spec.columns]}")
-    started = 0
+    commands = []
     for run in plan_runs(spec, profile, results_root):
         if wanted is not None and run.name not in wanted:
             continue
         if run.owner is not None:  # another table's run: read, never trained or moved from here
-            if any(read_result(run.seed_dir(s)) is None for s in spec.seeds):
+            if any(read_result(run.seed_dir(s)) is None for s in spec.seeds_for(profile)):
                 log.info("%s/%s: runs of %s, not trained from here (make that table)", run.row, run.name, run.owner)
             continue
         if is_stale(run):  # kept, not deleted: renamed out of the way, the run is trained again
             aside = run.dir.with_name(f"{run.dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
             log.warning("%s was trained with other overrides than %s now gives; moved to %s", run.dir, spec.path, aside)
             run.dir.rename(aside)
-        missing = [s for s in spec.seeds if read_result(run.seed_dir(s)) is None]
+        missing = [s for s in spec.seeds_for(profile) if read_result(run.seed_dir(s)) is None]
         if not missing:
             continue
         cmd = [
@@ -268,9 +297,26 @@ def execute(
             f"hydra.sweep.dir={run.dir}", "hydra.sweep.subdir=seed${trainer.seed}",
         ]  # fmt: skip
         log.info("running %s/%s seeds %s: %s", run.row, run.name, missing, " ".join(cmd[2:]))
-        subprocess.run(cmd, check=True, cwd=PROJECT_ROOT)
-        started += 1
-    return started
+        commands.append(cmd)
+    return commands
+
+
+def run_lanes(commands: list[list[str]], jobs: int = 1) -> None:
+    """Run the commands one after another (``jobs`` = 1, each with the machine's default threads) or in ``jobs``
+    parallel lanes of one thread each (``OMP_NUM_THREADS=1``): on a small CPU, two one-thread runs side by side
+    finish more runs per hour than one two-thread run at a time (``results/bench/throughput_cpu.md``). A failed
+    command is raised after the running ones end."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if jobs == 1:
+        for cmd in commands:
+            subprocess.run(cmd, check=True, cwd=PROJECT_ROOT)
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(subprocess.run, cmd, check=True, cwd=PROJECT_ROOT, env=env) for cmd in commands]
+    for future in futures:
+        future.result()
 
 
 # ---- cells --------------------------------------------------------------------------------------------------------
@@ -284,6 +330,9 @@ class Cell:
     params_backbone: int | None = None  # trainable parameters on the paper's backbone, built by us (meta device)
     params_paper: str = ""  # as printed
     note: str = ""
+    inference_run: int | None = None  # parameters our run's output needs at inference (pruning methods)
+    inference_paper: str = ""  # as printed ("# I - Params"), optional CSV column inference_params
+    refused: str = ""  # why finished results are not rendered (see refusal)
 
     @property
     def mean(self) -> float | None:
@@ -315,17 +364,24 @@ def _number(text: str) -> float | None:
 
 
 _UNITS = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9}
+_COUNT = re.compile(r"\s*([0-9][0-9,]*)(?:\.([0-9]+))?\s*([KMB]?)\s*")
 
 
 def printed_count_matches(count: int | None, printed: str) -> bool | None:
     """``count`` against a printed count (``11010``, ``0.90M``, ``125M``): equal, or equal once rounded to the
     printed precision. None when there is nothing to compare (no count, nothing printed, or a percentage)."""
-    m = re.fullmatch(r"\s*([0-9][0-9,]*)(?:\.([0-9]+))?\s*([KMB]?)\s*", printed or "")
+    m = _COUNT.fullmatch(printed or "")
     if count is None or m is None:
         return None
     digits = len(m.group(2) or "")
     value = float(m.group(1).replace(",", "") + ("." + m.group(2) if m.group(2) else ""))
     return round(count / _UNITS[m.group(3)], digits) == round(value, digits)
+
+
+def printed_count(printed: str) -> float | None:
+    """A printed parameter count as a number (``0.90M`` -> 900000.0); None for anything else (a percentage)."""
+    m = _COUNT.fullmatch(printed or "")
+    return None if m is None else float(m.group(1).replace(",", "") + "." + (m.group(2) or "0")) * _UNITS[m.group(3)]
 
 
 def metric_value(result: dict, metric: str, scale: float) -> float:
@@ -365,17 +421,51 @@ def collect(
             printed = paper.get((row.id, col.id), {"value": "", "params": ""})
             skip = skipped(row, col, profile)
             found = [] if skip else results.get((row.id, col.run_name), [])
-            ours = [metric_value(r, col.metric, spec.scale) for r in found] if col.metric else []
+            refused = next((why for r in found if (why := refusal(r, profile))), "")
+            ours = [metric_value(r, col.metric, spec.scale) for r in found] if col.metric and not refused else []
             note = "; ".join(n for n in (row.note, col.note) if n) if skip else ""
             cells.append(
                 Cell(
                     row.id, col.id, ours, printed["value"],
                     params_run=found[0]["params"]["trainable_params"] if found else None,
                     params_backbone=counts.get((row.id, col.run_name)),
-                    params_paper=printed["params"], note=note,
+                    params_paper=printed["params"], note=note, refused=refused,
+                    inference_run=inference_count(found[0], printed.get("inference", "")) if found else None,
+                    inference_paper=printed.get("inference", ""),
                 )
             )  # fmt: skip
     return cells
+
+
+def refusal(result: dict, profile: str) -> str:
+    """Why a finished run may not stand beside the paper's number ("" when it may): random weights under any
+    profile; under the paper profile also data that is not the paper's split (no per-split sources recorded, an
+    early-release file, the dev_by_article protocol) or limited examples."""
+    from loralab.preflight import SUBSTITUTE_MARKS
+
+    if result.get("weights_source") == "random":
+        return "weights were random (weights_source: random)"
+    if profile != "paper":
+        return ""
+    sources = result.get("data_sources")
+    if not sources:
+        return "no per-split data sources recorded in results.json"
+    odd = [f"{split}: {src}" for split, src in sources.items() if any(m in src for m in SUBSTITUTE_MARKS)]
+    if odd:
+        return f"data not the paper's split ({'; '.join(odd)})"
+    task = result.get("config", {}).get("task", {})
+    limits = [f"task.{k}={task[k]}" for k in ("limit_train", "limit_eval") if task.get(k) is not None]
+    return f"limited data ({', '.join(limits)})" if limits else ""
+
+
+def inference_count(result: dict, printed: str) -> int | None:
+    """Parameters a run's output needs at inference: what a pruning method (AdaLoRA, SoRA, RoLoRA) records in
+    ``method_metrics.inference_params``; for the others, where the paper prints an inference count, the trainable
+    count (nothing is pruned); else None (not shown)."""
+    if "method_metrics" not in result:  # a W&B summary: no method measurements to read
+        return None
+    value = result["method_metrics"].get("inference_params")
+    return value if value is not None or not printed else result["params"]["trainable_params"]
 
 
 def results_from_disk(spec: Spec, profile: str, results_root: Path) -> dict[tuple[str, str], list[dict]]:
@@ -385,7 +475,7 @@ def results_from_disk(spec: Spec, profile: str, results_root: Path) -> dict[tupl
             log.warning("ignoring %s: trained with other overrides than %s now gives (make runs it again)", run.dir,
                         spec.path)  # fmt: skip
             continue
-        found = [r for s in spec.seeds if (r := read_result(run.seed_dir(s))) is not None]
+        found = [r for s in spec.seeds_for(profile) if (r := read_result(run.seed_dir(s))) is not None]
         if found:
             out[(run.row, run.name)] = found
     return out
@@ -410,6 +500,7 @@ def results_from_wandb(spec: Spec, profile: str, api: Any, project: str) -> dict
 HEADER = (
     "row", "column", "ours", "std", "seeds", "paper", "delta",
     "trainable (our run)", "trainable (paper backbone, built here)", "trainable (paper)", "counts match",
+    "inference (our run)", "inference (paper)",
 )  # fmt: skip
 
 
@@ -423,9 +514,12 @@ def table_rows(cells: list[Cell]) -> list[list[str]]:
     match = {True: "yes", False: "NO", None: ""}
     return [
         [
-            c.row, c.column, _fmt(c.mean) or (c.note and f"not run: {c.note}") or "missing", _fmt(c.std),
+            c.row, c.column,
+            _fmt(c.mean) or (c.refused and f"not rendered: {c.refused}") or (c.note and f"not run: {c.note}")
+            or "missing", _fmt(c.std),
             str(len(c.ours)), c.paper, "" if c.delta is None else f"{c.delta:+.2f}",
             _fmt(c.params_run), _fmt(c.params_backbone), c.params_paper, match[c.params_match],
+            _fmt(c.inference_run), c.inference_paper,
         ]
         for c in cells
     ]  # fmt: skip
@@ -439,7 +533,8 @@ def describe_runs(spec: Spec, profile: str, results: dict[tuple[str, str], list[
         return [*lines, "- Reference only: the paper's numbers; nothing is run for this table."]
     if extra is None:
         return [*lines, f"- Not runnable under the {profile} profile (see notes); only the paper's numbers."]
-    lines.append(f"- Overrides of all runs: `{' '.join([*spec.base, *extra]) or '(none)'}`; seeds {spec.seeds}.")
+    seeds = spec.seeds_for(profile)
+    lines.append(f"- Overrides of all runs: `{' '.join([*spec.base, *extra]) or '(none)'}`; seeds {seeds}.")
     shared = [f"{c.id} = the runs of {c.runs_of} (`make` trains them there)" for c in spec.columns if c.runs_of]
     if shared:
         lines.append(f"- Columns read from other tables: {'; '.join(shared)}.")
@@ -459,7 +554,7 @@ def describe_runs(spec: Spec, profile: str, results: dict[tuple[str, str], list[
             f"device {r.get('device')}."
         )
     done = sum(len(v) for v in results.values())
-    lines.append(f"- Finished runs found: {done} of {len(plan_runs(spec, profile, Path('.'))) * len(spec.seeds)}.")
+    lines.append(f"- Finished runs found: {done} of {len(plan_runs(spec, profile, Path('.'))) * len(seeds)}.")
     return lines
 
 
@@ -471,7 +566,8 @@ def render(spec: Spec, profile: str, cells: list[Cell], results: dict[tuple[str,
         md += [f"- Notes: {' '.join(spec.notes.split())}"]
     md += [
         f"- `ours` and `paper` are on the paper's scale (ours x {spec.scale:g}); delta = ours - paper. Trainable "
-        "parameters: of our run, of the paper's backbone as built here (meta device), and as the paper prints them.",
+        "parameters: of our run, of the paper's backbone as built here (meta device), and as the paper prints them; "
+        "inference parameters (after pruning: AdaLoRA, SoRA, RoLoRA) of our run's output adapters and as printed.",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
@@ -542,13 +638,14 @@ def build_table(
     from_wandb: bool = False,
     project: str = "loralab",
     columns: list[str] | None = None,
+    jobs: int = 1,
 ) -> Path:
-    """Run what is missing (unless ``run`` is false; only ``columns`` if given), then render; returns the Markdown
-    path."""
+    """Run what is missing (unless ``run`` is false; only ``columns`` if given; ``jobs`` runs at once), then render;
+    returns the Markdown path."""
     spec = load_spec(spec_path)
     root = Path(results_root) if results_root else PROJECT_ROOT / "results"
     if run and not from_wandb:
-        execute(spec, profile, root, columns)
+        execute(spec, profile, root, columns, jobs=jobs)
     if from_wandb:
         import wandb
 
@@ -578,12 +675,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-wandb", action="store_true", help="read results from W&B runs (wandb.Api)")
     parser.add_argument("--project", default="loralab")
     parser.add_argument("--columns", default=None, help="comma-separated column ids: run only these (render all)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, one thread each (default 1)")
+    parser.add_argument("--preflight", action="store_true", help="resolve every run, train nothing (loralab.preflight)")
+    parser.add_argument("--gpu-memory", type=float, default=80.0, help="target GPU memory in GiB (preflight)")
+    parser.add_argument("--gpu-tflops", type=float, default=125.0, help="achieved TFLOP/s of the GPU (preflight)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.preflight:
+        from loralab.preflight import preflight_tables
+
+        sys.exit(preflight_tables(args.specs, args.profile, args.gpu_memory, args.gpu_tflops))
     for spec in args.specs:
         columns = args.columns.split(",") if args.columns else None
         path = build_table(
-            spec, args.profile, not args.no_run, args.results, args.wandb, args.from_wandb, args.project, columns
+            spec,
+            args.profile,
+            not args.no_run,
+            args.results,
+            args.wandb,
+            args.from_wandb,
+            args.project,
+            columns,
+            args.jobs,
         )
         print(path)
 

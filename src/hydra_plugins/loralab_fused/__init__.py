@@ -7,7 +7,8 @@ Every job is composed and gets its output directory and ``.hydra/`` (config, hyd
 Hydra's basic launcher. Jobs whose configs differ only in their method node (``rab`` lands there) are trained
 together by :func:`loralab.fused.run_fused`, at most ``max_group`` at a time (``null``: all of them; a bound on
 memory), and each writes its own ``results.json`` and ``adapter.safetensors``. A job whose directory already holds
-its finished result is skipped. A method that cannot be fused fails the launch before anything is trained.
+its finished result is skipped; a killed group resumes from its checkpoint. A method that cannot be fused fails the
+launch before anything is trained.
 
 The launcher trains with loralab itself (it does not call the task function given to ``hydra.main``): it is for
 ``train.py``. A group's log goes to its first job's directory. Hydra only instantiates launchers from the

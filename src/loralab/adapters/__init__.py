@@ -11,6 +11,7 @@ from loralab.adapters.model import (
     load_adapter,
     load_adapter_state,
     merge_adapters,
+    read_adapter_metadata,
     save_adapter,
     unmerge_adapters,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "load_adapter",
     "load_adapter_state",
     "merge_adapters",
+    "read_adapter_metadata",
     "save_adapter",
     "unmerge_adapters",
 ]

@@ -34,8 +34,9 @@ class Factor:
     block of a fused-QKV factor); ``out_dim`` is then the full tensor's size and the module sees
     ``stop - start`` outputs. ``cols``: likewise a block of a matrix's input columns (VeRA's shared A, sliced to
     each module's input size).
-    ``init``: ``kaiming_uniform`` (a = sqrt 5), ``zeros``, ``ones``, ``normal`` (standard), ``normal:<std>`` or
-    ``const:<value>``.
+    ``init``: ``kaiming_uniform`` (a = sqrt 5: U(+-1/sqrt(fan_in))), ``kaiming_uniform_relu`` (gain sqrt 2:
+    U(+-sqrt(6/fan_in)), torch's ``kaiming_uniform_`` defaults), ``zeros``, ``ones``, ``normal`` (standard),
+    ``normal:<std>`` or ``const:<value>``.
     ``seed``: draw the initial values from a generator with this seed, so a frozen random factor can be
     regenerated exactly.
     """
@@ -91,8 +92,15 @@ def _kaiming_uniform(t: torch.Tensor, generator: torch.Generator | None) -> None
     t.uniform_(-bound, bound, generator=generator)
 
 
+def _kaiming_uniform_relu(t: torch.Tensor, generator: torch.Generator | None) -> None:
+    # kaiming_uniform_ with its defaults (gain sqrt(2)): U(-sqrt(6/fan_in), sqrt(6/fan_in)); peft's VeRA A and B
+    bound = math.sqrt(6.0 / t.shape[-1])
+    t.uniform_(-bound, bound, generator=generator)
+
+
 INITS = {
     "kaiming_uniform": _kaiming_uniform,
+    "kaiming_uniform_relu": _kaiming_uniform_relu,
     "zeros": lambda t, g: t.zero_(),
     "ones": lambda t, g: t.fill_(1.0),
     "normal": lambda t, g: t.normal_(generator=g),
@@ -230,6 +238,7 @@ class AdapterLinear(LinearWrapper):
         self.scaling = float(scaling)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self._tied_weight: tuple[nn.Parameter] | None = None  # a shared base weight while merged (see merge)
         self._check_chain()
         self._split = self._plan_split()
         device = base.weight.device
@@ -286,56 +295,99 @@ class AdapterLinear(LinearWrapper):
         collapsed = dims[0] * dims[cut] + dims[cut] * dims[-1]
         return cut if collapsed < 0.75 * per_token else None
 
-    def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
-        """``scaling * F_n(...F_1(dropout(x)))``: the adapter's contribution, without the base layer."""
+    def _narrow(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The chain without its last matrix, applied to ``dropout(x)``, and that matrix as its ``(m, out)``
+        transpose; or, for a chain ending with a diagonal, the whole chain's output and None (no scaling yet)."""
         h = self.dropout(x)
         chain = list(self.chain())
         # under autocast the matmuls pick their own dtype: casting activations to the factors' float32 first would
         # only add two casts per factor; without autocast, activations follow the factors' dtype
         autocast = torch.is_autocast_enabled(h.device.type)
-        if self._split is None:
-            for f, t in chain:
-                if f.kind == "diag":
-                    h = h * t.to(h.dtype)
-                else:
-                    h = F.linear(h if autocast else h.to(t.dtype), t)
-        else:
+        if self._split is not None:
             # left (m, in) as F.linear's weight, right as its (m, out) transpose: both are then the layouts in which
             # the per-token matmuls and the products run fastest (see _product_t)
             left, right_t = _product(chain[: self._split]), _product_t(chain[self._split :])
-            h = F.linear(h if autocast else h.to(left.dtype), left) @ right_t
+            return F.linear(h if autocast else h.to(left.dtype), left), right_t
+        # the last matrix, with a diagonal after it folded into its rows (VeRA's, Tied-LoRA's diag(v) B: a
+        # (out, m) product per step instead of a (tokens, out) one per call)
+        kinds = [f.kind for f, _ in chain]
+        if kinds[-1] == "matrix":
+            last, last_t = len(chain) - 1, chain[-1][1].t()
+        elif kinds[-2:] == ["matrix", "diag"]:
+            last, last_t = len(chain) - 2, (chain[-2][1] * chain[-1][1][:, None]).t()
+        else:
+            last, last_t = len(chain), None
+        for f, t in chain[:last]:
+            if f.kind == "diag":
+                h = h * t.to(h.dtype)
+            else:
+                h = F.linear(h if autocast else h.to(t.dtype), t)
+        return h, last_t
+
+    def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
+        """``scaling * F_n(...F_1(dropout(x)))``: the adapter's contribution, without the base layer."""
+        h, last_t = self._narrow(x)
+        if last_t is not None:
+            h = h @ last_t.to(h.dtype)
         return h * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
         if self.merged:
-            return out
+            return self.base(x)
         # in place (as peft's AdaLoRA): the base layer's backward does not need its output, and a fresh
-        # (tokens, out_features) tensor per adapted layer raised the peak resident memory on the CPU by ~10%
-        out += self.adapter_output(x).to(out.dtype)
-        return out
+        # (tokens, out_features) tensor per adapted layer raised the peak resident memory on the CPU by ~10%. A chain
+        # ending with a matrix (or a matrix and a diagonal, folded into it) adds its last product and the scaling in
+        # one BLAS call, out += scaling * h @ last^T (addmm: no (tokens, out_features) temporaries), on the base
+        # output as a 2-D (tokens, out) tensor of its own (an in-place update of a view would make autograd copy the
+        # gradient in backward). Same outputs and gradients up to float rounding: tests/test_speed.py
+        h, last_t = self._narrow(x)
+        if last_t is None:
+            out = self.base(x)
+            return out.add_(h.to(out.dtype), alpha=self.scaling)
+        out = self.base(x.reshape(-1, x.shape[-1]))
+        out.addmm_(h.reshape(-1, h.shape[-1]).to(out.dtype), last_t.to(out.dtype), alpha=self.scaling)
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     def delta_weight(self) -> torch.Tensor:
         """The exact update ``scaling * F_n ... F_1`` as an ``(out_features, in_features)`` matrix."""
         return _product(list(self.chain())) * self.scaling
 
     @torch.no_grad()
-    def merge(self) -> None:
-        """Add the update into the base weight; the forward pass then skips the adapter."""
-        if not self.merged:
-            self._add_to_base(self.delta_weight())
-            self.merged = True
+    def merge(self, shared: bool = False) -> None:
+        """Add the update into the base weight; the forward pass then skips the adapter.
+
+        ``shared``: the base weight is also another module's (tied embeddings: T5's ``lm_head`` and ``shared``,
+        GPT-2's and Llama's ``lm_head`` and input embeddings). The merged weight is then a new tensor and the shared
+        one stays untouched (and is put back by :meth:`unmerge`); otherwise the update is added in place.
+        :func:`loralab.adapters.merge_adapters` finds out which weights are shared.
+        """
+        if self.merged:
+            return
+        delta = self.delta_weight()
+        w = self.base.weight
+        if shared:
+            self._tied_weight = (w,)  # a tuple, so the original is not registered twice
+            self.base.weight = nn.Parameter(w + self._oriented(delta).to(w.dtype), requires_grad=False)
+        else:
+            w.add_(self._oriented(delta).to(w.dtype))
+        self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract the merged update again (restores the base weight up to float rounding)."""
-        if self.merged:
-            self._add_to_base(-self.delta_weight())
-            self.merged = False
+        """Take the merged update out again: a shared weight is restored exactly (its untouched original is put
+        back), an own weight up to float rounding (the update is subtracted)."""
+        if not self.merged:
+            return
+        if self._tied_weight is not None:
+            self.base.weight, self._tied_weight = self._tied_weight[0], None
+        else:
+            w = self.base.weight
+            w.sub_(self._oriented(self.delta_weight()).to(w.dtype))
+        self.merged = False
 
-    def _add_to_base(self, delta: torch.Tensor) -> None:
-        w = self.base.weight
-        w.add_((delta.T if self.fan_in_fan_out else delta).to(w.dtype))
+    def _oriented(self, delta: torch.Tensor) -> torch.Tensor:
+        """An ``(out, in)`` update in the base weight's layout (GPT-2's Conv1D stores ``(in, out)``)."""
+        return delta.T if self.fan_in_fan_out else delta
 
     def extra_repr(self) -> str:
         chain = ", ".join(f"{f.name}{'' if f.trainable else '(frozen)'}{'[tied]' if f.tie else ''}" for f in self.specs)

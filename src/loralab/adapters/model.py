@@ -8,10 +8,12 @@ adapter-only save/load work on the resulting model.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -130,9 +132,19 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return counts
 
 
+def shared_parameter_ids(model: nn.Module) -> set[int]:
+    """Parameters registered under more than one name (tied weights: T5's ``shared`` and ``lm_head``, tied input and
+    output embeddings)."""
+    counts = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    return {i for i, n in counts.items() if n > 1}
+
+
 def merge_adapters(model: nn.Module) -> None:
+    """Merge every adapter into its base weight; a base weight shared with another module is merged into a copy,
+    so the other module (e.g. the tied input embeddings) keeps the original."""
+    shared = shared_parameter_ids(model)
     for layer in adapter_layers(model).values():
-        layer.merge()
+        layer.merge(shared=id(layer.base.weight) in shared)
 
 
 def unmerge_adapters(model: nn.Module) -> None:
@@ -170,6 +182,12 @@ def save_adapter(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(adapter_state_dict(model), str(tmp), metadata=metadata)
     tmp.replace(path)
+
+
+def read_adapter_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of an adapter file (:func:`save_adapter`'s ``metadata``), without reading its tensors."""
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> None:

@@ -6,6 +6,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from loralab.data.hub import HubDataset, count_rows, read_rows, split_files
+
 
 @dataclass(frozen=True)
 class GlueTask:
@@ -158,10 +160,22 @@ def _parse_label(raw: str, labels: dict[str, int] | None, where: str) -> int | f
     return score
 
 
-def _load_hub(spec: GlueTask, split: str) -> list[Example]:
-    import datasets
+GLUE_HUB = "nyu-mll/glue"
 
-    rows = datasets.load_dataset("nyu-mll/glue", spec.name, split=_HUB_SPLITS[split])
+
+def hub_dataset(task: str) -> HubDataset:
+    """GLUE on the hub: one folder per task (``rte/train-00000-of-00001.parquet``)."""
+    return HubDataset(GLUE_HUB, task)
+
+
+def _load_hub(spec: GlueTask, split: str) -> list[Example]:
+    files = split_files(hub_dataset(spec.name), [_HUB_SPLITS[split]])[_HUB_SPLITS[split]]
     a, b = _HUB_TEXT[spec.name]
     cast = float if spec.is_regression else int
-    return [Example(r[a], None if b is None else r[b], cast(r["label"])) for r in rows]
+    return [Example(r[a], None if b is None else r[b], cast(r["label"])) for r in read_rows(files)]
+
+
+def count_glue_hub(task: str, split: str, download: bool = True) -> int:
+    """Labelled examples of a split on the hub, from its files' metadata (``download=False``: the local cache
+    only)."""
+    return count_rows(split_files(hub_dataset(task), [_HUB_SPLITS[split]], download)[_HUB_SPLITS[split]])

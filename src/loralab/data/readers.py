@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from loralab.data.hub import HubDataset, count_rows, read_rows, split_files
+
 SPLITS = ("train", "validation", "test")
 
 Records = dict[str, list[dict]]
@@ -25,18 +27,22 @@ Reader = Callable[[Path, str | None], Records]
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Static description of one dataset: where the hub has it and which local files ``read_local`` expects."""
+    """Static description of one dataset: where the hub has it and which local files ``read_local`` expects.
+
+    Hub ids are pinned to the canonical repositories (no redirects); ``hub_by_subset`` gives subsets hosted
+    elsewhere (SQuAD v2). A repository's folder is named only where it holds several subsets (GLUE tasks, WMT16
+    pairs, GSM8K's main / socratic, IWSLT's pairs); single-subset repositories are read whole.
+    """
 
     name: str
-    hub_id: str
-    hub_config: str | None
+    hub: HubDataset
     subsets: tuple[str, ...]  # valid ``subset`` values; () means the dataset takes none
     files: str  # the expected local files, for error messages
-    hub_id_by_subset: tuple[tuple[str, str], ...] = ()  # subsets the hub hosts under another id
+    hub_by_subset: tuple[tuple[str, HubDataset], ...] = ()
 
-    def hub_source(self, subset: str | None) -> tuple[str, str | None]:
-        """The ``(hub_id, config)`` pair to pass to ``datasets.load_dataset`` for this subset."""
-        return dict(self.hub_id_by_subset).get(subset, self.hub_id), self.hub_config
+    def hub_source(self, subset: str | None) -> HubDataset:
+        """The hub repository (folder, revision) of this subset."""
+        return dict(self.hub_by_subset).get(subset, self.hub)
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -44,62 +50,56 @@ DATASETS: dict[str, DatasetInfo] = {
     for d in (
         DatasetInfo(
             "wmt16",
-            "wmt16",
-            "ro-en",
+            HubDataset("wmt/wmt16", "ro-en"),
             ("en-ro", "ro-en"),
             "line-aligned plain-text files {split}.en and {split}.ro for split train, validation and/or test "
             "(the Moses-prepared WMT16 corpora)",
         ),
-        DatasetInfo(
+        DatasetInfo(  # a loading-script repository: its Parquet conversion lives on refs/convert/parquet
             "iwslt2017",
-            "iwslt2017",
-            "iwslt2017-de-en",
+            HubDataset("IWSLT/iwslt2017", "iwslt2017-de-en", "refs/convert/parquet"),
             ("de-en",),
             "the IWSLT 2017 release files train.tags.de-en.{de,en}, IWSLT17.TED.dev2010.de-en.{de,en}.xml "
             "and/or IWSLT17.TED.tst2010.de-en.{de,en}.xml",
         ),
         DatasetInfo(
             "squad",
-            "squad",
-            None,
+            HubDataset("rajpurkar/squad"),
             ("v1", "v2"),
             "the official JSON train-v1.1.json and/or dev-v1.1.json (subset v1), train-v2.0.json and/or "
             "dev-v2.0.json (subset v2)",
-            hub_id_by_subset=(("v2", "squad_v2"),),
+            hub_by_subset=(("v2", HubDataset("rajpurkar/squad_v2")),),
         ),
-        DatasetInfo("gsm8k", "gsm8k", "main", (), "train.jsonl and/or test.jsonl"),
+        DatasetInfo("gsm8k", HubDataset("openai/gsm8k", "main"), (), "train.jsonl and/or test.jsonl"),
         DatasetInfo(
             "dialogsum",
-            "knkarthick/dialogsum",
-            None,
+            HubDataset("knkarthick/dialogsum"),
             (),
             "dialogsum.train.jsonl (or dialogsum.train.early-release.jsonl), dialogsum.dev.jsonl and/or "
             "dialogsum.test.jsonl",
         ),
-        DatasetInfo(
+        DatasetInfo(  # a loading-script repository: its Parquet conversion lives on refs/convert/parquet
             "hellaswag",
-            "Rowan/hellaswag",
-            None,
+            HubDataset("Rowan/hellaswag", revision="refs/convert/parquet"),
             (),
             "hellaswag_train.jsonl, hellaswag_val.jsonl and/or hellaswag_test.jsonl",
         ),
         DatasetInfo(
             "cifar100",
-            "cifar100",
-            None,
+            HubDataset("uoft-cs/cifar100"),
             (),
             "the CIFAR-100 python version: pickles train and/or test in cifar-100-python/ (the folder or its parent)",
         ),
         DatasetInfo(
             "food101",
-            "food101",
-            None,
+            HubDataset("ethz/food101"),
             (),
             "the Food-101 layout: meta/classes.txt, meta/train.txt and/or meta/test.txt and images/<class>/<id>.jpg "
             "in food-101/ (the folder or its parent)",
         ),
     )
 }
+EARLY_RELEASE = {"dialogsum": "dialogsum.train.early-release.jsonl"}  # local files that are not the final release
 
 
 def read_local(dataset: str, data_dir: str | Path, subset: str | None = None) -> Records:
@@ -119,18 +119,53 @@ def read_local(dataset: str, data_dir: str | Path, subset: str | None = None) ->
     return splits
 
 
-def read_hub(dataset: str, subset: str | None = None) -> Records:
-    """Records of every split of the hub dataset, converted to the layout ``read_local`` gives.
+def local_label(dataset: str, folder: str | Path, split: str) -> str:
+    """How a split read from a local folder is recorded: the folder, and a flag when the file read is an early
+    release (DialogSum's 2021-05-26 train file, which differs slightly from the final release)."""
+    early = EARLY_RELEASE.get(dataset)
+    if split == "train" and early and not (Path(folder) / "dialogsum.train.jsonl").is_file():
+        if (Path(folder) / early).is_file():
+            return f"{Path(folder) / early} (EARLY RELEASE 2021-05-26, not the final train set)"
+    return str(folder)
 
-    cifar100 images become uint8 arrays [32, 32, 3] as locally; food101 images stay ``PIL.Image`` objects (locally
-    they are paths to the jpg files), which the vision task opens the same way.
+
+def read_hub(dataset: str, subset: str | None, splits: list[str]) -> tuple[Records, str]:
+    """Records of the wanted splits of the hub dataset, in the layout ``read_local`` gives, and the source label.
+
+    cifar100 images become uint8 arrays [32, 32, 3] as locally; food101 images become ``PIL.Image`` objects (locally
+    they are paths to the jpg files), which the vision task opens the same way. DialogSum's hub test split has one
+    row per (dialogue, reference): grouped by dialogue into one record with the 3 references, as the official file.
     """
     info, subset = _lookup(dataset, subset)
-    import datasets
-
-    hub_id, config = info.hub_source(subset)
+    ds = info.hub_source(subset)
     convert = _HUB_RECORD.get(dataset, dict)
-    return {split: [convert(row) for row in rows] for split, rows in datasets.load_dataset(hub_id, config).items()}
+    out = {split: [convert(row) for row in read_rows(files)] for split, files in split_files(ds, splits).items()}
+    if dataset == "dialogsum" and "test" in out:
+        out["test"] = group_references(out["test"])
+    return out, f"hub:{ds}"
+
+
+def group_references(records: list[dict]) -> list[dict]:
+    """One record per dialogue (first-seen order), its references the summaries of all its rows."""
+    grouped: dict[str, dict] = {}
+    for r in records:
+        if r["dialogue"] in grouped:
+            grouped[r["dialogue"]]["references"].append(r["summary"])
+        else:
+            grouped[r["dialogue"]] = {**r, "references": [r["summary"]]}
+    return list(grouped.values())
+
+
+def count_hub(dataset: str, subset: str | None, splits: list[str], download: bool = True) -> tuple[dict[str, int], str]:
+    """Rows per wanted split of the hub dataset from its files' metadata (preflight: ``download=False``, the local
+    cache only), and the source label; DialogSum's test counts dialogues."""
+    info, subset = _lookup(dataset, subset)
+    ds = info.hub_source(subset)
+    files = split_files(ds, splits, download)
+    counts = {s: count_rows(f) for s, f in files.items() if not (dataset == "dialogsum" and s == "test")}
+    if dataset == "dialogsum" and "test" in files:
+        counts["test"] = len({r["dialogue"] for r in read_rows(files["test"])})
+    return counts, f"hub:{ds}"
 
 
 def split_by_article(records: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -410,9 +445,20 @@ def _read_cifar100(folder: Path, subset: str | None) -> Records:
     return out
 
 
+def _image(value: Any) -> Any:
+    """A hub image: Parquet stores ``{"bytes", "path"}``; opened as a ``PIL.Image``."""
+    if isinstance(value, dict):
+        import io
+
+        from PIL import Image
+
+        return Image.open(io.BytesIO(value["bytes"]))
+    return value
+
+
 def _cifar_hub_record(row: dict) -> dict:
     return {
-        "img": np.asarray(row["img"].convert("RGB"), dtype=np.uint8),
+        "img": np.asarray(_image(row["img"]).convert("RGB"), dtype=np.uint8),
         "fine_label": row["fine_label"],
         "coarse_label": row["coarse_label"],
     }
@@ -458,4 +504,5 @@ _HUB_RECORD: dict[str, Callable[[dict], dict]] = {
     "dialogsum": _dialogsum_record,
     "hellaswag": _hellaswag_record,
     "cifar100": _cifar_hub_record,
+    "food101": lambda row: {"image": _image(row["image"]), "label": row["label"]},
 }

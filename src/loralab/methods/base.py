@@ -8,7 +8,8 @@ hooks below at fixed points; the adapter layer itself never changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 import torch
@@ -88,10 +89,15 @@ class Method:
         """Runs after backward, before clipping and the optimizer step (e.g. gradient masking)."""
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
-        """Runs after each optimizer step (e.g. proximal updates, rank pruning)."""
+        """Runs after each optimizer step, before the gradients are cleared: the step's (clipped) gradients are
+        still in ``.grad`` (e.g. proximal updates, importance scores, rank pruning)."""
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
         """Runs after each epoch's evaluation."""
+
+    def on_best_epoch(self, model: nn.Module) -> None:
+        """Runs when an epoch becomes the run's best, whose adapters are the run's output (``adapter.safetensors``):
+        methods that report on the output adapters (ranks kept after pruning) take their measurements here."""
 
     def on_phase_end(self, model: nn.Module, phase: int) -> None:
         """Runs after each training phase (RoLoRA re-allocates ranks here)."""
@@ -106,6 +112,23 @@ class Method:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+    def adapter_metadata(self, model: nn.Module) -> dict[str, str]:
+        """Metadata written into ``adapter.safetensors``: what a fresh build needs to load the file. Here the method's
+        config (frozen seeded factors are regenerated from it, not saved); RoLoRA adds its per-module ranks."""
+        return {"loralab_method": json.dumps(asdict(self.cfg), sort_keys=True)}
+
+    def prepare_adapter(self, model: nn.Module, metadata: dict[str, str]) -> None:
+        """Before an adapter file is loaded into a fresh build: check the file was written by this method config
+        (else regenerated frozen factors would silently differ) and re-shape adapters as its metadata says."""
+        saved = json.loads(metadata.get("loralab_method", "null"))
+        ours = json.loads(self.adapter_metadata(model)["loralab_method"])
+        if saved is not None and saved != ours:
+            diff = sorted(k for k in saved.keys() | ours.keys() if saved.get(k) != ours.get(k))
+            raise ValueError(
+                f"the adapter was saved by another method config: {', '.join(f'{k}={saved.get(k)!r}' for k in diff)} "
+                f"(this run: {', '.join(f'{k}={ours.get(k)!r}' for k in diff)}); use the overrides it was trained with"
+            )
 
     def on_resume(self, model: nn.Module) -> None:
         """Runs when a run resumes, after :meth:`load_state_dict` and before the checkpoint's tensors are loaded

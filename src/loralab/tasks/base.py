@@ -19,8 +19,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from loralab.config import TaskConfig
-from loralab.data.readers import read_hub, read_local, split_by_article
-from loralab.models import hub_offline
+from loralab.data.readers import local_label, read_hub, read_local, split_by_article
 
 
 @dataclass
@@ -31,6 +30,7 @@ class TaskData:
     evals: dict[str, list[Any]]
     source: str
     stats: dict[str, Any] = field(default_factory=dict)  # e.g. truncated examples, filled by the features step
+    sources: dict[str, str] = field(default_factory=dict)  # per split: the local folder or "hub:<repo>[/folder][@rev]"
 
 
 @dataclass
@@ -61,31 +61,71 @@ class Task:
                 raise ValueError(f"task {cfg.name}: task.{key} must be >= 0 or null, got {getattr(cfg, key)}")
 
     # ---- data ----------------------------------------------------------------------------------------------
-    def data_dir(self) -> str | None:
-        """The local folder to read, or None for the hub (``task.source``: auto, local or hub)."""
+    def needed_splits(self) -> list[str]:
+        """The splits read from a source (``holdout`` is made from the training split; ``dev_by_article`` makes
+        train and validation from the dev set)."""
         cfg = self.cfg
-        exists = cfg.data_dir is not None and Path(cfg.data_dir).is_dir()
-        if cfg.source == "hub" or (cfg.source == "auto" and not exists):
-            if hub_offline():
-                raise FileNotFoundError(
-                    f"task {cfg.name}: data folder {cfg.data_dir!r} does not exist and HF_HUB_OFFLINE is set, so "
-                    f"the hub dataset cannot be used; set task.data_dir (or LORALAB_ASSETS) to a local copy"
-                )
-            return None
-        return cfg.data_dir
+        if cfg.protocol == "dev_by_article":
+            return ["validation"]
+        return [s for s in dict.fromkeys([cfg.train_split, *cfg.eval_splits]) if s != "holdout"]
 
-    def read_splits(self) -> tuple[dict[str, list[Any]], str]:
-        """All splits as records, and a description of the source (local folder or hub id, and the protocol)."""
-        data_dir = self.data_dir()
-        if data_dir is None:
-            return read_hub(self.cfg.dataset, self.cfg.subset), f"hub:{self.cfg.dataset}/{self.cfg.subset or ''}"
-        return read_local(self.cfg.dataset, data_dir, self.cfg.subset), str(data_dir)
+    def local_folder(self) -> Path | None:
+        """``task.data_dir`` when it is read (``task.source`` auto or local) and exists."""
+        cfg = self.cfg
+        if cfg.source == "hub" or cfg.data_dir is None or not Path(cfg.data_dir).is_dir():
+            return None
+        return Path(cfg.data_dir)
+
+    def _missing_locally(self, missing: list[str]) -> str:
+        """Why splits are not read locally, for errors: the folder, or task.source=local with the files wanted."""
+        hint = "; only SQuAD's dev set offline? add task.protocol=dev_by_article" if self.cfg.dataset == "squad" else ""
+        return (
+            f"task {self.cfg.name}: split(s) {missing} are not in the local folder {self.cfg.data_dir!r} "
+            f"(task.data_dir, task.source={self.cfg.source}){hint}"
+        )
+
+    def read_local_splits(self, folder: Path, wanted: list[str]) -> dict[str, list[Any]]:
+        """The splits ``folder`` holds (none when it holds none of the dataset's files)."""
+        try:
+            return read_local(self.cfg.dataset, folder, self.cfg.subset)
+        except FileNotFoundError:
+            return {}
+
+    def read_hub_splits(self, wanted: list[str]) -> tuple[dict[str, list[Any]], str]:
+        return read_hub(self.cfg.dataset, self.cfg.subset, wanted)
+
+    def read_splits(self) -> tuple[dict[str, list[Any]], dict[str, str]]:
+        """The splits as records, and where each came from: the local folder first, then the hub (its local cache,
+        or a download when the hub can be used) for the splits the folder lacks (``task.source``: auto; ``local``
+        and ``hub`` force one). A split found nowhere is an error naming it and how to provide it."""
+        cfg, wanted = self.cfg, self.needed_splits()
+        folder = self.local_folder()
+        splits = {} if folder is None else self.read_local_splits(folder, wanted)
+        sources = {s: local_label(cfg.dataset, folder, s) for s in splits}
+        missing = [s for s in wanted if s not in splits]
+        if missing and cfg.source == "local":
+            raise FileNotFoundError(
+                f"{self._missing_locally(missing)}; set task.data_dir (or LORALAB_ASSETS; GLUE: LORALAB_GLUE_DIR) to "
+                "a folder holding them"
+            )
+        if missing:
+            try:
+                hub, label = self.read_hub_splits(missing)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(
+                    f"{self._missing_locally(missing)}, and {e}. Provide them: hub access (network, HF_HUB_OFFLINE "
+                    "unset), the dataset in the Hugging Face cache, or task.data_dir=/path/to/a/local/copy"
+                ) from None
+            splits |= hub
+            sources |= dict.fromkeys(hub, label)
+        return splits, sources
 
     def load(self) -> TaskData:
         """Read the splits, apply the offline protocol and holdout, check the split names, apply the limits; a split
         left empty (by its file, task.holdout or a zero task.limit_*) is an error naming it and the source."""
         cfg = self.cfg
-        splits, source = self.read_splits()
+        splits, sources = self.read_splits()
+        source = describe_sources(sources)
         if cfg.protocol == "dev_by_article":
             if "train" in splits:
                 raise ValueError(
@@ -93,7 +133,9 @@ class Task:
                     f"{source} has a train split; remove task.protocol"
                 )
             splits["train"], splits["validation"] = split_by_article(splits["validation"], cfg.eval_fraction, 0)
-            source += f" (protocol dev_by_article: dev split by article, {cfg.eval_fraction:g} of articles for eval)"
+            protocol = f" (protocol dev_by_article: dev split by article, {cfg.eval_fraction:g} of articles for eval)"
+            source += protocol
+            sources = {"train": sources["validation"] + protocol, "validation": sources["validation"] + protocol}
         if cfg.holdout:
             rows = list(splits[cfg.train_split])
             if cfg.holdout >= len(rows):
@@ -104,6 +146,7 @@ class Task:
             random.Random(0).shuffle(rows)
             splits[cfg.train_split], splits["holdout"] = rows[cfg.holdout :], rows[: cfg.holdout]
             source += f" (holdout: {cfg.holdout} training examples held out as split 'holdout')"
+            sources["holdout"] = sources[cfg.train_split] + f" (holdout: {cfg.holdout} training examples)"
         wanted = [cfg.train_split, *cfg.eval_splits]
         missing = [s for s in wanted if s not in splits]
         if missing or not cfg.eval_splits:
@@ -124,7 +167,7 @@ class Task:
             else:
                 cause = "it has no examples; check its file or choose another split (task.train_split / eval_splits)"
             raise ValueError(f"task {cfg.name}: split {split!r} of {source} is empty: {cause}")
-        return TaskData(train, evals, source)
+        return TaskData(train, evals, source, sources={s: sources[s] for s in wanted})
 
     def check_lengths(self, data: TaskData, tokenizer: Any) -> None:
         """Raise ValueError when ``task.max_seq_length`` (or ``max_target_length``) truncates every training example
@@ -144,6 +187,12 @@ class Task:
         self, model: nn.Module, eval_sets: dict[str, Any], tokenizer: Any, accelerator: Accelerator, batch_size: int
     ) -> Evaluation:
         raise NotImplementedError
+
+
+def describe_sources(sources: dict[str, str]) -> str:
+    """One source for all splits, or ``split: source`` pairs when they differ."""
+    distinct = set(sources.values())
+    return distinct.pop() if len(distinct) == 1 else "; ".join(f"{s}: {src}" for s, src in sources.items())
 
 
 def suffixed(split_index: int, split: str, metrics: dict[str, float]) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,7 +13,8 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from loralab.config import TaskConfig
-from loralab.data.glue import GLUE_TASKS, Example, load_glue
+from loralab.data.batching import length_order
+from loralab.data.glue import GLUE_TASKS, Example, hub_dataset, load_glue
 from loralab.metrics import glue_metrics
 from loralab.tasks.base import Evaluation, Task, TaskData, suffixed
 
@@ -52,10 +54,16 @@ class GlueClassification(Task):
         self.metrics, self.num_labels = self.spec.metrics, self.spec.num_labels
         super().__init__(cfg)
 
-    def read_splits(self) -> tuple[dict[str, list[Any]], str]:
-        data_dir = self.data_dir()
-        splits = {s: load_glue(self.spec.name, s, data_dir) for s in (self.cfg.train_split, *self.cfg.eval_splits)}
-        return splits, str(data_dir) if data_dir else "hub:nyu-mll/glue"
+    def read_local_splits(self, folder: Path, wanted: list[str]) -> dict[str, list[Any]]:
+        """The wanted splits whose TSV file is in the ``glue_data`` folder."""
+        return {
+            s: load_glue(self.spec.name, s, folder)
+            for s in wanted
+            if (folder / self.spec.folder / f"{s}.tsv").is_file()
+        }
+
+    def read_hub_splits(self, wanted: list[str]) -> tuple[dict[str, list[Any]], str]:
+        return {s: load_glue(self.spec.name, s, None) for s in wanted}, f"hub:{hub_dataset(self.spec.name)}"
 
     def check_lengths(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> None:
         """Fail when ``max_seq_length`` leaves no room beyond the special tokens: no input token would survive."""
@@ -91,7 +99,8 @@ class GlueClassification(Task):
         out: dict[str, float] = {}
         for i, (split, features) in enumerate(eval_sets.items()):
             preds, labels = [], []
-            for batch in DataLoader(features, batch_size, collate_fn=self.collator(tokenizer)):
+            ordered = [features[j] for j in length_order(features)]  # less padding; metrics ignore the order
+            for batch in DataLoader(ordered, batch_size, collate_fn=self.collator(tokenizer)):
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 logits = model(**batch).logits.float()
                 preds.append(logits.squeeze(-1) if self.spec.is_regression else logits.argmax(-1))

@@ -5,19 +5,36 @@ Tied-LoRA's tasks on LLaMA-2 / GPT-2B). The prompt and the target are format str
 (``task.prompt``, ``task.target``, set in each task config), so the prompt format is part of the config.
 
 - Training: seq2seq feeds the prompt to the encoder and the target as ``labels``; causal LMs train on
-  ``[bos] prompt target eos`` with the prompt tokens masked out of the loss (label -100).
+  ``[bos] prompt target eos`` with the prompt tokens masked out of the loss (label -100). The start token is the
+  model's setting (``model.bos_token``; none for SmolLM2-Instruct, whose tokenizer calls its chat-turn opener BOS).
+- ``task.chat_template`` (instruct models): the user turn (``task.chat_prompt``, the task's instruction and the
+  record) and the target become user and assistant turns of the tokenizer's chat template; the loss covers the
+  assistant turn up to its end-of-turn token (the tokenizer's EOS), decoding starts after the generation prompt
+  and stops at that token. The template is rendered once around placeholders (:class:`Frame`), so a long prompt
+  is cut inside the user turn, never through the template's own tokens.
 - Truncation never cuts a target silently: prompts are cut first (causal: from the left, so the cue just before
   the answer survives), and every cut prompt or target is counted and reported in ``results.json``
   (``data_stats``) and the log.
 - Evaluation: batched greedy decoding (``task.num_beams`` > 1 for beam search), at most ``task.max_new_tokens``
   new tokens (Tied-LoRA: greedy, 500), cut at the first ``task.stop`` string; causal prompts are left-padded.
+  Besides the task's metrics, every evaluation reports ``empty_rate`` (nothing generated) and, where the task
+  defines one, ``degenerate_rate``: non-empty outputs that miss the task's form (GSM8K: no ``#### <number>`` final
+  line; DialogSum: the output writes dialogue turns, ``#Person1#: ...``, instead of a summary (the references name
+  speakers ``#Person1#`` too, never as a turn); HellaSwag: no choice letter first).
+- Zero-shot baseline (``task.zero_shot``, default on): the eval splits evaluated once before training with every
+  adapter bypassed (:func:`zero_shot_baseline`), the same prompts and decoding; recorded as ``zero_shot`` in
+  ``results.json`` with its predictions in ``predictions_zero_shot_<split>.jsonl``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,12 +42,15 @@ from accelerate import Accelerator
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from loralab.adapters import adapter_layers
 from loralab.config import TaskConfig
 from loralab.tasks.base import Evaluation, Task, TaskData, suffixed
-from loralab.text_metrics import corpus_bleu, exact_match, gsm8k_exact_match, rouge, squad_v1
+from loralab.text_metrics import corpus_bleu, exact_match, gsm8k_answer, gsm8k_exact_match, rouge, squad_v1
 
 log = logging.getLogger(__name__)
 LETTERS = "ABCDEFGH"
+# a DialogSum speaker turn; the reference summaries name speakers too ("#Person1# asks ..."), but never as a turn
+DIALOGUE_TURN = re.compile(r"#Person\d+#\s*:", re.IGNORECASE)
 
 
 def _translation(record: dict, subset: str) -> dict[str, Any]:
@@ -81,11 +101,22 @@ def _translation_metrics(predictions: list[str], references: list[list[str]]) ->
 
 @dataclass(frozen=True)
 class GenerationDataset:
-    """How a dataset's records become template variables (with ``references``), and its metrics."""
+    """How a dataset's records become template variables (with ``references``), its metrics, and which non-empty
+    outputs are degenerate for it (None: no such rule, no ``degenerate_rate``)."""
 
     fields: Callable[[dict, str | None], dict[str, Any]]
     score: Callable[[list[str], list[list[str]]], dict[str, float]]
     metrics: tuple[str, ...]
+    degenerate: Callable[[str], bool] | None = None
+
+
+def output_rates(predictions: list[str], degenerate: Callable[[str], bool] | None) -> dict[str, float]:
+    """``empty_rate``: outputs with no text; ``degenerate_rate``: non-empty outputs the task's rule rejects."""
+    n = len(predictions)
+    rates = {"empty_rate": sum(not p for p in predictions) / n}
+    if degenerate is not None:
+        rates["degenerate_rate"] = sum(bool(p) and degenerate(p) for p in predictions) / n
+    return rates
 
 
 GENERATION_DATASETS: dict[str, GenerationDataset] = {
@@ -93,13 +124,72 @@ GENERATION_DATASETS: dict[str, GenerationDataset] = {
         _translation, _translation_metrics, ("bleu", "bleu1", "bleu2", "bleu3", "rouge1", "rouge2", "rougeL")
     ),
     "iwslt2017": GenerationDataset(_translation, lambda p, r: {"bleu": corpus_bleu(p, r)}, ("bleu",)),
-    "gsm8k": GenerationDataset(_gsm8k, _gsm8k_metrics, ("exact_match", "exact_match_flexible")),
-    "dialogsum": GenerationDataset(_dialogsum, rouge, ("rouge1", "rouge2", "rougeL")),
+    "gsm8k": GenerationDataset(  # degenerate: no final-answer line the official rule can read
+        _gsm8k, _gsm8k_metrics, ("exact_match", "exact_match_flexible"), lambda p: gsm8k_answer(p) is None
+    ),
+    "dialogsum": GenerationDataset(  # degenerate: writes dialogue turns ("#Person1#: ...") instead of a summary
+        _dialogsum, rouge, ("rouge1", "rouge2", "rougeL"), lambda p: DIALOGUE_TURN.search(p) is not None
+    ),
     "squad": GenerationDataset(
         _squad, lambda p, r: {"exact_match": exact_match(p, r), "f1": squad_v1(p, r)["f1"]}, ("exact_match", "f1")
     ),
-    "hellaswag": GenerationDataset(_hellaswag, _choice_accuracy, ("accuracy",)),
+    "hellaswag": GenerationDataset(  # degenerate: does not start with one of the choice letters
+        _hellaswag, _choice_accuracy, ("accuracy",), lambda p: p[:1].upper() not in LETTERS[:4]
+    ),
 }
+
+CHAT_SLOT = "LORALABCHATSLOT"  # stands for the user turn and for the answer when a chat template is rendered
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The token ids a causal prompt and target are framed with: ``head`` + prompt + ``tail`` is the model's input,
+    ``answer_head`` + target + ``end`` what it learns to generate. Plain: ``[bos]``, nothing, nothing, ``[eos]``;
+    chat: the template's text before and after the user turn (with the generation prompt), before the assistant's
+    text, and after it up to its end-of-turn token."""
+
+    head: list[int]
+    tail: list[int]
+    answer_head: list[int]
+    end: list[int]
+
+    @property
+    def fixed(self) -> int:
+        """Tokens every training sequence holds besides the prompt and the target text."""
+        return len(self.head) + len(self.tail) + len(self.answer_head)
+
+
+def chat_frame(tokenizer: PreTrainedTokenizerBase, task: str) -> Frame:
+    """The :class:`Frame` of the tokenizer's chat template: rendered once with placeholders for the user turn and
+    the assistant's answer; the assistant turn must end with the tokenizer's EOS (where decoding stops)."""
+    if not tokenizer.chat_template:
+        raise ValueError(
+            f"task {task}: task.chat_template=true needs a tokenizer with a chat template, and this model's has none; "
+            "set task.chat_template=false (plain prompts) or use an instruct model's tokenizer"
+        )
+    user = [{"role": "user", "content": CHAT_SLOT}]
+    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": CHAT_SLOT}], tokenize=False)
+    if prompt.count(CHAT_SLOT) != 1 or full.count(CHAT_SLOT) != 2 or not full.startswith(prompt):
+        raise ValueError(
+            f"task {task}: the tokenizer's chat template does not render a user turn followed by the generation "
+            f"prompt as the start of the same conversation with an answer ({prompt!r} / {full!r}); it cannot frame "
+            "prompts and targets here: set task.chat_template=false"
+        )
+    head, tail = prompt.split(CHAT_SLOT)
+    answer_head, after = full[len(prompt) :].split(CHAT_SLOT)
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    end = ids(after)
+    if tokenizer.eos_token_id not in end:
+        raise ValueError(
+            f"task {task}: the chat template ends the assistant turn with {after!r}, without the tokenizer's EOS "
+            f"token {tokenizer.eos_token!r}, so decoding would not stop at the end of the turn; set "
+            "task.chat_template=false"
+        )
+    return Frame(ids(head), ids(tail), ids(answer_head), end[: end.index(tokenizer.eos_token_id) + 1])
 
 
 class Generation(Task):
@@ -112,21 +202,29 @@ class Generation(Task):
             raise ValueError(f"task {cfg.name}: generation tasks need task.prompt and task.target format strings")
         if cfg.dataset in ("wmt16", "iwslt2017") and (cfg.subset or "").count("-") != 1:
             raise ValueError(f"task {cfg.name}: translation needs task.subset '<source>-<target>', got {cfg.subset!r}")
+        if cfg.chat_template and cfg.kind != "causal_lm":
+            raise ValueError(
+                f"task {cfg.name}: task.chat_template=true is for causal LMs (instruct models), not {cfg.kind}"
+            )
         self.model_kind, self.spec = cfg.kind, GENERATION_DATASETS[cfg.dataset]
         self.metrics = self.spec.metrics
         super().__init__(cfg)
 
     # ---- text ------------------------------------------------------------------------------------------------
     def texts(self, record: dict) -> tuple[str, str, list[str]]:
-        """The prompt, the training target and the references of one record."""
-        fields = self.spec.fields(record, self.cfg.subset)
+        """The prompt (chat: the user turn), the training target and the references of one record."""
+        cfg, fields = self.cfg, self.spec.fields(record, self.cfg.subset)
+        chat = cfg.chat_template
+        template = cfg.chat_prompt if chat and cfg.chat_prompt is not None else cfg.prompt
         try:
-            return self.cfg.prompt.format(**fields), self.cfg.target.format(**fields), fields["references"]
+            prompt, target = template.format(**fields), cfg.target.format(**fields)
         except (KeyError, IndexError, AttributeError) as e:
+            keys = "task.chat_prompt" if chat and cfg.chat_prompt is not None else "task.prompt"
             raise ValueError(
-                f"task {self.cfg.name}: task.prompt / task.target use the field {e}, which {self.cfg.dataset} "
-                f"records do not have (use named fields): fields: {sorted(fields)}"
+                f"task {cfg.name}: {keys} / task.target use the field {e}, which {cfg.dataset} records do not have "
+                f"(use named fields): fields: {sorted(fields)}"
             ) from None
+        return prompt, target.strip() if chat else target, fields["references"]
 
     def load(self) -> TaskData:
         """The records, with the prompt and target templates checked on the first record of each split."""
@@ -150,8 +248,20 @@ class Generation(Task):
             return ids[: room - 1] + ids[-1:], True
         return ids[len(ids) - room :], True
 
-    def _bos(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-        return [tokenizer.bos_token_id] if self.model_kind == "causal_lm" and tokenizer.bos_token_id is not None else []
+    def frame(self, tokenizer: PreTrainedTokenizerBase) -> Frame:
+        """How causal prompts and targets are framed: the chat template's turns, else the start token (the model's
+        ``bos_token`` setting, applied to the tokenizer) and EOS."""
+        if self.cfg.chat_template:
+            return chat_frame(tokenizer, self.cfg.name)
+        bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+        return Frame(bos, [], [], [tokenizer.eos_token_id])
+
+    def _causal_prompt(
+        self, frame: Frame, tokenizer: PreTrainedTokenizerBase, prompt: str, room: int
+    ) -> tuple[list[int], bool]:
+        """The framed prompt in ``room`` tokens (the prompt text cut from its start), and whether it was cut."""
+        ids, cut = self._prompt(tokenizer, prompt, room - len(frame.head) - len(frame.tail))
+        return frame.head + ids + frame.tail, cut
 
     # ---- training --------------------------------------------------------------------------------------------
     def check_lengths(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -168,18 +278,19 @@ class Generation(Task):
                         f"nothing; raise task.{key} above {specials}"
                     )
             return
-        bos = len(self._bos(tokenizer))
-        if cfg.max_seq_length < bos + 2:
+        fixed = self.frame(tokenizer).fixed
+        if cfg.max_seq_length < fixed + 2:
+            framing = f"{fixed} token(s) of the start token or chat template, " if fixed else ""
             raise ValueError(
                 f"task {cfg.name}: task.max_seq_length={cfg.max_seq_length} leaves no room for the target: all {n} "
-                f"training targets would be cut to zero tokens (a sequence holds {'1 BOS, ' if bos else ''}1 prompt "
-                f"and at least 1 target token); raise task.max_seq_length to at least {bos + 2}"
+                f"training targets would be cut to zero tokens (a sequence holds {framing}1 prompt and at least 1 "
+                f"target token); raise task.max_seq_length to at least {fixed + 2}"
             )
 
     def train_features(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> list[dict]:
         self.check_lengths(data, tokenizer)
         cfg, features, cut_prompts, cut_targets = self.cfg, [], 0, 0
-        bos = self._bos(tokenizer)
+        frame = self.frame(tokenizer) if self.model_kind == "causal_lm" else None
         for record in data.train:
             prompt, target, _ = self.texts(record)
             if self.model_kind == "seq2seq_lm":
@@ -189,12 +300,12 @@ class Generation(Task):
                 ids, cut = self._prompt(tokenizer, prompt, cfg.max_seq_length)
                 features.append({"input_ids": ids, "labels": labels})
             else:
-                answer = self._ids(tokenizer, target) + [tokenizer.eos_token_id]
-                room = cfg.max_seq_length - len(bos) - len(answer)
-                if room < 1:  # the target alone does not fit: keep one prompt token, cut the target's end
-                    answer, room, cut_targets = answer[: cfg.max_seq_length - len(bos) - 1], 1, cut_targets + 1
-                ids, cut = self._prompt(tokenizer, prompt, room)
-                ids = bos + ids
+                answer = frame.answer_head + self._ids(tokenizer, target) + frame.end
+                framing = len(frame.head) + len(frame.tail)
+                room = cfg.max_seq_length - len(answer)
+                if room < framing + 1:  # the target alone does not fit: keep one prompt token, cut the target's end
+                    answer, room, cut_targets = answer[: cfg.max_seq_length - framing - 1], framing + 1, cut_targets + 1
+                ids, cut = self._causal_prompt(frame, tokenizer, prompt, room)
                 features.append({"input_ids": ids + answer, "labels": [-100] * len(ids) + answer})
             cut_prompts += cut
         self._report(data, "train", cut_prompts, cut_targets, len(features))
@@ -221,15 +332,17 @@ class Generation(Task):
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def eval_sets(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[dict]]:
-        bos = self._bos(tokenizer)
-        room = self.cfg.max_seq_length - len(bos)
+        frame = self.frame(tokenizer) if self.model_kind == "causal_lm" else None
         sets = {}
         for split, records in data.evals.items():
             rows, cut_prompts = [], 0
             for record in records:
                 prompt, _, references = self.texts(record)
-                ids, cut = self._prompt(tokenizer, prompt, room)
-                rows.append({"input_ids": bos + ids, "references": references})
+                if frame is None:
+                    ids, cut = self._prompt(tokenizer, prompt, self.cfg.max_seq_length)
+                else:
+                    ids, cut = self._causal_prompt(frame, tokenizer, prompt, self.cfg.max_seq_length)
+                rows.append({"input_ids": ids, "references": references})
                 cut_prompts += cut
             self._report(data, split, cut_prompts, 0, len(rows))
             sets[split] = rows
@@ -278,10 +391,58 @@ class Generation(Task):
         for i, (split, rows) in enumerate(eval_sets.items()):
             predictions = self.generate(model, rows, tokenizer, accelerator, batch_size)
             references = [r["references"] for r in rows]
-            metrics.update(suffixed(i, split, self.spec.score(predictions, references)))
+            scores = {**self.spec.score(predictions, references), **output_rates(predictions, self.spec.degenerate)}
+            metrics.update(suffixed(i, split, scores))
             outputs[split] = [{"prediction": p, "references": r} for p, r in zip(predictions, references, strict=True)]
         model.train()
         return Evaluation(metrics, outputs)
+
+
+@contextmanager
+def adapters_bypassed(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` as its backbone alone: every adapter layer returns its base layer's output (the ``merged``
+    path, without adding anything to the base weight) and is restored afterwards."""
+    layers = list(adapter_layers(model).values())
+    if any(layer.merged for layer in layers):
+        raise ValueError("adapters_bypassed needs unmerged adapters: call unmerge_adapters(model) first")
+    try:
+        for layer in layers:
+            layer.merged = True
+        yield
+    finally:
+        for layer in layers:
+            layer.merged = False
+
+
+ZERO_SHOT_FILE = "zero_shot.json"
+
+
+def zero_shot_baseline(
+    task: Task, model: nn.Module, data: TaskData, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator,
+    batch_size: int, output_dir: Path, run_id: str,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The eval splits scored by the backbone without its adapters (``task.zero_shot``; generation tasks only):
+    ``{"metrics": ..., "model": ...}``, kept in ``zero_shot.json`` (a resumed run reads it back) with the
+    predictions in ``predictions_zero_shot_<split>.jsonl``. None when off or not a generation task."""
+    if not isinstance(task, Generation) or not task.cfg.zero_shot:
+        return None
+    path = output_dir / ZERO_SHOT_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or cut short by a crash while writing: evaluated (again)
+        saved = {}
+    if saved.get("run_id") == run_id:
+        return saved["zero_shot"]
+    with adapters_bypassed(accelerator.unwrap_model(model)):
+        evaluation = task.evaluate(model, task.eval_sets(data, tokenizer), tokenizer, accelerator, batch_size)
+    result = {"model": "the backbone with every adapter bypassed, before training", "metrics": evaluation.metrics}
+    log.info("zero-shot (before training): %s", json.dumps(evaluation.metrics))
+    if accelerator.is_main_process:
+        for split, rows in evaluation.outputs.items():
+            with open(output_dir / f"predictions_zero_shot_{split}.jsonl", "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
+        path.write_text(json.dumps({"run_id": run_id, "zero_shot": result}, indent=2))
+    return result
 
 
 def _pad(sequences: list[list[int]], value: int, left: bool) -> dict[str, torch.Tensor]:

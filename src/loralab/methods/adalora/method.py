@@ -6,6 +6,7 @@ from torch import nn
 from loralab.adapters import AdapterLinear, Factor, adapter_layers
 from loralab.methods.adalora.config import AdaLoraConfig
 from loralab.methods.base import Method, register
+from loralab.methods.pruned import inference_params
 
 
 @register("adalora", AdaLoraConfig)
@@ -21,6 +22,7 @@ class AdaLora(Method):
         self.final_mask: dict[str, torch.Tensor] | None = None
         self.budget_log: list[tuple[int, int, int]] = []  # (step, budget, active triplets) after each masking
         self.totals: tuple[int, int] | None = None  # (start, end) budget; None: init_r * K -> target_r * K
+        self.best_ranks: dict[str, int] | None = None  # active ranks of the best epoch's (the output) adapters
 
     @property
     def scaling(self) -> float:
@@ -59,20 +61,22 @@ class AdaLora(Method):
 
     # --- hooks -----------------------------------------------------------------------------------------------
     def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
+        """The orthogonal regulariser: the code's mean of plain norms, or eq. 7's sum of squares (``orth_squared``)."""
         if self.cfg.orth_weight == 0:
             return None
-        total = 0.0
+        norms = []
         for layer in self.layers(model).values():
             p, q = layer.factors["P"], layer.factors["Q"]
             eye = torch.eye(p.shape[1], device=p.device, dtype=p.dtype)
-            for gram in (p.T @ p, q @ q.T):
-                norm = torch.linalg.matrix_norm(gram - eye)  # Frobenius
-                total = total + (norm.square() if self.cfg.orth_squared else norm)
-        return self.cfg.orth_weight * total
+            norms += [torch.linalg.matrix_norm(gram - eye) for gram in (p.T @ p, q @ q.T)]  # Frobenius
+        if not norms:
+            return None
+        total = torch.stack(norms)
+        return self.cfg.orth_weight * (total.square().sum() if self.cfg.orth_squared else total.mean())
 
     @torch.no_grad()
-    def after_backward(self, model: nn.Module, step: int) -> None:
-        """Update the sensitivity and uncertainty EMAs (eq. 8-9) from this step's gradients."""
+    def update_importance(self, model: nn.Module) -> None:
+        """Eq. 8-9: the sensitivity and uncertainty EMAs from the current (post-step) weights and gradients."""
         b1, b2 = self.cfg.beta1, self.cfg.beta2
         for name, layer in self.layers(model).items():
             for f in ("P", "E", "Q"):
@@ -115,10 +119,14 @@ class AdaLora(Method):
 
     @torch.no_grad()
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """The reference's ``update_and_mask``: importance EMAs (not in the final phase), then the budget's mask."""
         cfg = self.cfg
+        final = step >= self.total_steps - cfg.t_final
+        if not final:
+            self.update_importance(model)
         if step < cfg.t_init:
             return
-        if step < self.total_steps - cfg.t_final:
+        if not final:
             if (step - cfg.t_init) % cfg.delta_t == 0:
                 self.mask_to_budget(model, step)
         elif self.final_mask is None:
@@ -131,16 +139,25 @@ class AdaLora(Method):
         """Per adapter: the triplets whose lambda is non-zero."""
         return {n: int((layer.factors["E"] != 0).sum()) for n, layer in self.layers(model).items()}
 
+    def on_best_epoch(self, model: nn.Module) -> None:
+        self.best_ranks = self.active_ranks(model)
+
     def final_metrics(self, model: nn.Module) -> dict:
-        ranks = self.active_ranks(model)
+        final = self.active_ranks(model)
+        ranks = self.best_ranks if self.best_ranks is not None else final
         return {
             "rank": ranks,
             "mean_rank": sum(ranks.values()) / max(len(ranks), 1),
+            "ranks_of": "best_epoch" if self.best_ranks is not None else "end_of_training",
+            "mean_final_rank": sum(final.values()) / max(len(final), 1),
+            "inference_params": inference_params(model, ranks),
             "budget_log": self.budget_log,
         }
 
     def state_dict(self) -> dict:
-        return {"ema": self.ema, "final_mask": self.final_mask, "budget_log": self.budget_log}
+        return {"ema": self.ema, "final_mask": self.final_mask, "budget_log": self.budget_log,
+                "best_ranks": self.best_ranks}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.ema, self.final_mask, self.budget_log = state["ema"], state["final_mask"], state["budget_log"]
+        self.best_ranks = state["best_ranks"]

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from torch import nn
+
 from loralab.adapters import Factor
+from loralab.adapters.peft_io import load_peft_lora
 from loralab.methods.base import Method, register
 from loralab.methods.lora.config import LoraConfig
 
@@ -21,3 +24,10 @@ class Lora(Method):
     @property
     def scaling(self) -> float:
         return self.cfg.alpha / self.cfg.r
+
+    def attach(self, model: nn.Module, targets: list[str], head: list[str]) -> list[str]:
+        names = super().attach(model, targets, head)
+        on_meta = any(p.is_meta for p in model.parameters())  # planning and dry runs: no values to load
+        if self.cfg.init_from and not on_meta:
+            load_peft_lora(model, self.cfg.init_from)
+        return names

@@ -24,6 +24,8 @@ class RmLora(Lora):
         r_hat = cfg.r // 2 if cfg.mask_directions is None else cfg.mask_directions
         if cfg.mask and not 1 <= r_hat <= cfg.r:
             raise ValueError(f"rm_lora: mask_directions must be in 1..r={cfg.r}, got {r_hat}")
+        if not 0 <= cfg.rank_rtol < 1:
+            raise ValueError(f"rm_lora: rank_rtol must be in [0, 1), got {cfg.rank_rtol}")
         self.r_hat = r_hat
         self.generator = torch.Generator().manual_seed(cfg.mask_seed)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -71,11 +73,13 @@ class RmLora(Lora):
 
     @torch.no_grad()
     def final_metrics(self, model: nn.Module) -> dict:
-        """Per adapter: rank of dW and its orthogonality loss ||dW dW^T - I||_F^2 (RM-LoRA Table 5)."""
+        """Per adapter, on the unscaled ``Delta W = B A``: rank (relative tolerance ``rank_rtol``) and the
+        orthogonality loss ``||Delta W Delta W^T - I||_F^2`` (RM-LoRA Table 5)."""
         ranks, losses = {}, {}
         for name, layer in self._pairs(model):
-            dw = layer.delta_weight().float()  # (d_out, d_in), the paper's dW dW^T is d_out x d_out
-            ranks[name] = int(torch.linalg.matrix_rank(dw))
+            dw = (layer.factors["B"] @ layer.factors["A"]).float()  # (d_out, d_in): the paper's W_B W_A
+            singular = torch.linalg.svdvals(dw)
+            ranks[name] = int((singular > self.cfg.rank_rtol * singular.max()).sum()) if singular.max() > 0 else 0
             losses[name] = float((dw @ dw.T - torch.eye(dw.shape[0], device=dw.device)).square().sum())
         n = max(len(ranks), 1)
         return {

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import torch
 from torch import nn
 
 from loralab.adapters import AdapterLinear, Factor
+from loralab.adapters.layer import new_factor_tensor
 from loralab.methods.adalora.method import AdaLora
 from loralab.methods.base import register
 from loralab.methods.rolora.config import RoloraConfig
@@ -29,22 +31,27 @@ def move_ranks(current: list[int], survived: list[int], average: int, gamma: flo
 def resize_triplets(layer: AdapterLinear, new_rank: int) -> None:
     """EXTEND (or compact) a ``[in matrix, diagonal, out matrix]`` chain (AdaLoRA's Q, lambda, P; SoRA's A, gate, B).
 
-    Components whose diagonal entry is non-zero keep their trained weights; new ones get an input row and an output
-    column ~ N(0, 0.02) and a zero diagonal entry, so the adapter's output is unchanged.
+    Components whose diagonal entry is non-zero keep their trained weights; new ones are drawn as a fresh adapter
+    of the method (each factor's own init: AdaLoRA's Q, P ~ N(0, 0.02) and lambda 0; SoRA's A Kaiming-uniform, gate
+    N(0, 1) and B 0), "initialized in the same way as LoRA adapters so that their product is 0" (RoLoRA, Sec. 4):
+    a chain with a zero-initialised factor adds nothing, so the adapter's output is unchanged.
     """
     first, diag, last = layer.specs
+    if "zeros" not in (first.init, diag.init, last.init):
+        raise ValueError(f"EXTEND needs a zero-initialised factor (new components must add nothing), got inits "
+                         f"{first.init}, {diag.init}, {last.init}")  # fmt: skip
     a, d, b = (layer.factors[f.name] for f in layer.specs)
     keep = torch.nonzero(d != 0).flatten()
     if len(keep) > new_rank:
         raise ValueError(f"cannot resize to rank {new_rank}: {len(keep)} components are active")
     extra = new_rank - len(keep)
-    new = {
-        first.name: torch.cat([a[keep], torch.randn(extra, a.shape[1], device=a.device) * 0.02]),
-        diag.name: torch.cat([d[keep], torch.zeros(extra, device=d.device)]),
-        last.name: torch.cat([b[:, keep], torch.randn(b.shape[0], extra, device=b.device) * 0.02], dim=1),
-    }
-    for name, t in new.items():
-        layer.factors[name] = nn.Parameter(t)
+    kept = [a[keep], d[keep], b[:, keep]]
+    if extra:
+        specs = (replace(first, out_dim=extra), replace(diag, in_dim=extra, out_dim=extra), replace(last, in_dim=extra))
+        fresh = [new_factor_tensor(f, a.device).detach() for f in specs]
+        kept = [torch.cat([kept[0], fresh[0]]), torch.cat([kept[1], fresh[1]]), torch.cat([kept[2], fresh[2]], dim=1)]
+    for f, t in zip(layer.specs, kept, strict=True):
+        layer.factors[f.name] = nn.Parameter(t)
     layer.specs = (
         replace(first, out_dim=new_rank),
         replace(diag, in_dim=new_rank, out_dim=new_rank),
@@ -76,7 +83,7 @@ class Rolora(AdaLora):
         self.sora = None
         if cfg.sparsify == "sora":
             self.sora = Sora(SoraConfig(r=cfg.init_r, alpha=cfg.alpha, dropout=cfg.dropout, xi=cfg.xi,
-                                        multiply_lr=cfg.multiply_lr))  # fmt: skip
+                                        multiply_lr=cfg.multiply_lr, sparse_lambda=cfg.sparse_lambda))  # fmt: skip
         self.mu = cfg.target_r / 2
         self.rank_history: list[dict[str, int]] = []
         self.allocated_max = 0  # the largest sum of allocated ranks seen at any step
@@ -147,11 +154,27 @@ class Rolora(AdaLora):
         super().load_state_dict(state)
         self.mu, self.rank_history, self.allocated_max = state["mu"], state["rank_history"], state["allocated_max"]
 
-    @torch.no_grad()
     def on_resume(self, model: nn.Module) -> None:
         """The ranks of the last re-allocation (the checkpoint's values are loaded into them afterwards)."""
-        if not self.rank_history:
-            return
-        for name, layer in self.layers(model).items():
+        if self.rank_history:
+            self._reshape(model, self.rank_history[-1])
+
+    def adapter_metadata(self, model: nn.Module) -> dict[str, str]:
+        """Adds ``ranks``: each module's allocated rank, the shapes a fresh build must take to load the file."""
+        return {**super().adapter_metadata(model), "ranks": json.dumps(self.allocated(model))}
+
+    def prepare_adapter(self, model: nn.Module, metadata: dict[str, str]) -> None:
+        super().prepare_adapter(model, metadata)
+        if "ranks" not in metadata:
+            raise ValueError("a RoLoRA adapter file needs its per-module ranks (metadata 'ranks'); this one has none")
+        self._reshape(model, json.loads(metadata["ranks"]))
+
+    @torch.no_grad()
+    def _reshape(self, model: nn.Module, ranks: dict[str, int]) -> None:
+        layers = self.layers(model)
+        if set(ranks) != set(layers):
+            raise ValueError(f"the recorded ranks name other modules than this model's adapters: "
+                             f"{sorted(set(ranks) ^ set(layers))[:5]}")  # fmt: skip
+        for name, layer in layers.items():
             _diagonal(layer).zero_()  # no active component: the resize only sets shapes
-            resize_triplets(layer, self.rank_history[-1][name])
+            resize_triplets(layer, ranks[name])

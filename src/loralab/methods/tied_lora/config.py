@@ -32,7 +32,11 @@ class TiedLoraConfig(MethodConfig):
     - Initialisation makes the update zero at step 0 while every trainable factor can receive gradient: the first
       trainable of (v, B, A) starts at zero; other trainable matrices are Kaiming-uniform, a trainable ``u`` starts
       at ``u_init``, a trainable ``v`` at zero. Frozen ``u``/``v`` are 1 and left out of the computation.
-    - Frozen ``A``/``B`` are Kaiming-uniform drawn from a generator seeded with ``seed`` (regenerable).
+    - Frozen ``A``/``B`` (the paper: "randomly initializing A and B") are Kaiming-uniform with a = sqrt 5,
+      U(+-1/sqrt(fan_in)), drawn from a generator seeded with ``seed`` (regenerable): the distribution a trainable A
+      or B starts from here (LoRA's A), so a variant that freezes a factor differs from one that trains it only in
+      the training, as Table 1 compares them. Its ``vera`` variant therefore does not use peft's VeRA projections
+      (U(+-sqrt(6/fan_in)); ``method=vera`` does): its frozen update is smaller for the same u and v.
     - ``alpha: null`` means alpha = r (scaling 1), as the paper sets it.
     """
 

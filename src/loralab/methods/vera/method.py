@@ -20,12 +20,10 @@ class Vera(Method):
         return super().attach(model, targets, head)
 
     def factors(self, module_name: str, in_features: int, out_features: int) -> list[Factor]:
-        r, seed = self.cfg.r, self.cfg.seed * 1000
+        r, seed, init = self.cfg.r, self.cfg.seed * 1000, self.cfg.projection_init
         return [
-            Factor("A", "matrix", self.max_in, r, trainable=False, tie="vera_A", cols=(0, in_features), seed=seed),
+            Factor("A", "matrix", self.max_in, r, init, False, "vera_A", cols=(0, in_features), seed=seed),
             Factor("d", "diag", r, r, init=f"const:{self.cfg.d_init}"),
-            Factor(
-                "B", "matrix", r, self.max_out, trainable=False, tie="vera_B", rows=(0, out_features), seed=seed + 1
-            ),
+            Factor("B", "matrix", r, self.max_out, init, False, "vera_B", rows=(0, out_features), seed=seed + 1),
             Factor("b", "diag", out_features, out_features, init="zeros"),
         ]
