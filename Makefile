@@ -66,7 +66,7 @@ bench-fused: setup
 #   any run would fail or substitute. The paper profile leaves the hub on (HF_HUB_OFFLINE is set for offline only).
 PROFILE ?= offline
 RUN ?= 1
-# JOBS=2: two runs at once, one thread each (more runs per hour on this 2-core CPU: results/bench/throughput_cpu.md)
+# JOBS=2: two runs at once, one thread each (see results/bench/throughput_cpu.md; also make claims, make run)
 JOBS ?= 1
 COLUMNS ?=
 PREFLIGHT ?= 0

@@ -303,9 +303,8 @@ def pending_commands(
 
 def run_lanes(commands: list[list[str]], jobs: int = 1) -> None:
     """Run the commands one after another (``jobs`` = 1, each with the machine's default threads) or in ``jobs``
-    parallel lanes of one thread each (``OMP_NUM_THREADS=1``): on a small CPU, two one-thread runs side by side
-    finish more runs per hour than one two-thread run at a time (``results/bench/throughput_cpu.md``). A failed
-    command is raised after the running ones end."""
+    parallel lanes of one thread each (``OMP_NUM_THREADS=1``: small models use one thread better than two; see
+    ``results/bench/throughput_cpu.md``). A failed command is raised after the running ones end."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if jobs == 1:
