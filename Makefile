@@ -1,7 +1,7 @@
 # loralab: two commands on a fresh machine
 #   make run    the main job: LoRA-Mini vs LoRA vs full fine-tuning on real GLUE STS-B with the real all-MiniLM-L6-v2
 #               (offline, CPU; experiments/main/stsb.yaml, into outputs/main)
-#   make test   the test suite (CPU, a few minutes)
+#   make test   the test suite (CPU, ~7 min on 2 cores)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
