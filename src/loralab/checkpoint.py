@@ -105,7 +105,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # ---- files ------------------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -145,7 +145,7 @@ def save_checkpoint(directory: Path, state: dict[str, Any], summary: dict[str, A
         os.replace(latest, previous)
         os.replace(_sidecar(latest), _sidecar(previous))
     _fsync_write(latest, lambda f: torch.save(state, f))
-    info = {"file": latest.name, "sha256": _sha256(latest), **summary}
+    info = {"file": latest.name, "sha256": sha256_file(latest), **summary}
     _fsync_write(_sidecar(latest), lambda f: f.write(json.dumps(info).encode()))
     return latest
 
@@ -160,7 +160,7 @@ def load_checkpoint(directory: Path, stem: str = "checkpoint") -> dict[str, Any]
         except (OSError, ValueError, KeyError):
             log.warning("ignoring %s: its sidecar %s is missing or unreadable", path, _sidecar(path).name)
             continue
-        if _sha256(path) != expected:
+        if sha256_file(path) != expected:
             log.warning("ignoring %s: its SHA-256 does not match %s (damaged or half-written)", path, _sidecar(path))
             continue
         try:

@@ -632,12 +632,8 @@ def plot(spec: ClaimsSpec, results: list[ClaimResult], path: Path) -> None:
 
 
 def log_wandb(spec: ClaimsSpec, profile: str, rows: list[list[str]], project: str, mode: str, dir: Path) -> None:
-    import wandb
-
-    run = wandb.init(project=project, job_type="claims", group=f"{spec.paper}/claims/{profile}", mode=mode,
-                     name=f"claims-{spec.paper}-{profile}", dir=str(dir))  # fmt: skip
-    run.log({f"{spec.paper}/claims": wandb.Table(columns=list(HEADER), data=rows)})
-    run.finish()
+    tables.wandb_table(f"{spec.paper}/claims", HEADER, rows, project, mode, "claims", f"{spec.paper}/claims/{profile}",
+                f"claims-{spec.paper}-{profile}", dir)  # fmt: skip
 
 
 def build_claims(

@@ -12,7 +12,6 @@ against the method config (frozen seeded factors, VeRA's and Tied-LoRA's A/B, ar
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -20,19 +19,19 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from loralab.adapters import count_parameters, load_adapter, read_adapter_metadata
-from loralab.checkpoint import run_id
+from loralab.checkpoint import sha256_file
 from loralab.methods import Method
 from loralab.models import load_tokenizer
 from loralab.run import (
     RESULTS_FILE,
     Plan,
     build,
-    finished_result,
+    build_seeded,
+    identify,
     precision_mode,
     result_record,
     write_json_atomic,
@@ -69,15 +68,8 @@ def load_method_adapter(method: Method, model: nn.Module, path: str | Path) -> d
 def build_with_adapter(plan: Plan, path: Path, tokenizer: Any) -> tuple[nn.Module, str, list[str], dict[str, str]]:
     """The run's model as training built it (same seed: same random head and random-weight backbone) with the
     adapter file loaded; returns it with its weights source, adapted modules and the file's metadata."""
-    set_seed(plan.trainer.seed)
-    model, weights_source, targets = build(plan)
-    if tokenizer is not None and getattr(model.config, "pad_token_id", 0) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    model, weights_source, targets = build_seeded(plan, tokenizer)
     return model, weights_source, targets, load_method_adapter(plan.method, model, path)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def evaluate(cfg: DictConfig, plan: Plan, output_dir: str | Path) -> dict[str, Any]:
@@ -87,12 +79,8 @@ def evaluate(cfg: DictConfig, plan: Plan, output_dir: str | Path) -> dict[str, A
     if not plan.method.saves_adapter:
         raise ValueError(f"method {plan.method.name} saves no adapter file, so there is nothing to evaluate")
     path = adapter_path(cfg.get("adapter"))
-    output_dir = Path(output_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    rid = run_id(resolved)
-    done = finished_result(output_dir, rid)
+    output_dir, resolved, _, done = identify(cfg, output_dir)
     if done is not None:
-        log.info("%s: already finished, not run again", output_dir / RESULTS_FILE)
         return done
 
     mixed_precision = precision_mode(plan.trainer)
@@ -115,7 +103,7 @@ def evaluate(cfg: DictConfig, plan: Plan, output_dir: str | Path) -> dict[str, A
                            start, 0)  # fmt: skip
     result["eval_only"] = {
         "adapter": str(path.resolve()),
-        "adapter_sha256": _sha256(path),
+        "adapter_sha256": sha256_file(path),
         "saved_at": {k: metadata[k] for k in ("phase", "epoch") if k in metadata},
     }
     log.info("eval_only %s: %s", path, evaluation.metrics)

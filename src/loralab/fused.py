@@ -7,7 +7,7 @@ matmuls run once on the K*B rows.
 
 Each configuration gets exactly the updates it would get alone:
 
-- *init*: config k's model is built exactly as :func:`loralab.run.run` builds it (``set_seed`` then ``build``), so
+- *init*: config k's model is built exactly as :func:`loralab.run.run` builds it (:func:`loralab.run.build_seeded`), so
   its adapter factors and random head are those of its separate run. Its frozen backbone tensors are then replaced
   by config 0's (checked equal first), so K models cost one backbone plus K adapters and heads; each model stays a
   complete single-run model (``models[k]``), used for evaluation, saving and parameter counts.
@@ -58,7 +58,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
@@ -82,6 +81,7 @@ from loralab.run import (
     RUN_FILE,
     Plan,
     build,
+    build_seeded,
     finished_result,
     lr_schedule,
     make_plan,
@@ -612,10 +612,7 @@ def _train_group(plans: Sequence[Plan], resolved: Sequence[dict], dirs: Sequence
     members: list[Member] = []
     routed: list[str] = []
     for plan, r, d in zip(plans, resolved, dirs, strict=True):
-        set_seed(plan.trainer.seed)  # each config's adapters and head as in its separate run
-        model, weights_source, targets = build(plan)
-        if tokenizer is not None and getattr(model.config, "pad_token_id", 0) is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
+        model, weights_source, targets = build_seeded(plan, tokenizer)  # adapters and head as in its separate run
         counts = count_parameters(model)
         # the backbone is shared at once, so that at most two full backbones are held while building
         routed = share_backbones([members[0].model, model] if members else [model], plans)

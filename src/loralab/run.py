@@ -97,6 +97,16 @@ def build(plan: Plan, device: str = "cpu") -> tuple[nn.Module, str, list[str]]:
     return model, source, hit
 
 
+def build_seeded(plan: Plan, tokenizer) -> tuple[nn.Module, str, list[str]]:
+    """The run's model as every entry point builds it: seeded with ``trainer.seed`` (same adapters and head), the
+    tokenizer's pad token set where the model config has none."""
+    set_seed(plan.trainer.seed)
+    model, weights_source, targets = build(plan)
+    if tokenizer is not None and getattr(model.config, "pad_token_id", 0) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, weights_source, targets
+
+
 def dry_run(plan: Plan) -> dict[str, Any]:
     """Parameter counts on the meta device (no weights, no data)."""
     model, _, hit = build(plan, device="meta")
@@ -435,6 +445,18 @@ def write_json_atomic(path: Path, obj: dict) -> None:
         raise
 
 
+def identify(cfg: DictConfig, output_dir: str | Path) -> tuple[Path, dict, str, dict[str, Any] | None]:
+    """The run's folder, resolved config, run id and, when the folder already holds this run's finished result,
+    that result (see :func:`finished_result`)."""
+    output_dir = Path(output_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    rid = run_id(resolved)
+    done = finished_result(output_dir, rid)
+    if done is not None:
+        log.info("%s: already finished, not run again", output_dir / RESULTS_FILE)
+    return output_dir, resolved, rid, done
+
+
 def finished_result(output_dir: Path, rid: str) -> dict[str, Any] | None:
     """This run's finished result in ``output_dir``, or None; another run's result or run there is an error.
 
@@ -482,12 +504,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         return evaluate(cfg, plan, output_dir)
     if plan.task.kind == "bare":
         raise ValueError("task=bare has no data to train on; it only serves dry_run=true parameter counts")
-    output_dir = Path(output_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    rid = run_id(resolved)
-    done = finished_result(output_dir, rid)
+    output_dir, resolved, rid, done = identify(cfg, output_dir)
     if done is not None:
-        log.info("%s: already finished, not run again", output_dir / RESULTS_FILE)
         return done
 
     mixed_precision = precision_mode(plan.trainer)
@@ -512,10 +530,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             remove_checkpoints(output_dir)
     accelerator.wait_for_everyone()
     start = time.time()
-    set_seed(plan.trainer.seed)
-    model, weights_source, targets = build(plan)
-    if tokenizer is not None and getattr(model.config, "pad_token_id", 0) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    model, weights_source, targets = build_seeded(plan, tokenizer)
     counts = count_parameters(model)
     checkpoints = Checkpoints(output_dir, rid, plan.trainer.checkpoint_every, plan.method, accelerator)
     progress = Progress()

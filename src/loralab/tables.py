@@ -619,13 +619,24 @@ def plot(spec: Spec, cells: list[Cell], results: dict[tuple[str, str], list[dict
     plt.close(fig)
 
 
-def log_wandb(spec: Spec, profile: str, rows: list[list[str]], project: str, mode: str) -> None:
+def wandb_table(
+    key: str, header: tuple[str, ...], rows: list[list[str]], project: str, mode: str, job_type: str, group: str,
+    name: str, dir: Path | None = None,
+) -> None:  # fmt: skip
+    """Log ``rows`` under ``key`` as a ``wandb.Table`` in a run of its own (tables and claims)."""
     import wandb
 
-    run = wandb.init(project=project, job_type="table", group=f"{spec.paper}/{spec.name}/{profile}", mode=mode,
-                     name=f"table-{spec.paper}-{spec.name}-{profile}")  # fmt: skip
-    run.log({f"{spec.paper}/{spec.name}": wandb.Table(columns=list(HEADER), data=rows)})
+    run = wandb.init(project=project, job_type=job_type, group=group, mode=mode, name=name,
+                     dir=None if dir is None else str(dir))  # fmt: skip
+    run.log({key: wandb.Table(columns=list(header), data=rows)})
     run.finish()
+
+
+def log_wandb(spec: Spec, profile: str, rows: list[list[str]], project: str, mode: str) -> None:
+    key = f"{spec.paper}/{spec.name}"
+    wandb_table(
+        key, HEADER, rows, project, mode, "table", f"{key}/{profile}", f"table-{spec.paper}-{spec.name}-{profile}"
+    )
 
 
 def build_table(
