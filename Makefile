@@ -42,15 +42,17 @@ dry-run: setup
 clean:
 	rm -rf outputs multirun .pytest_cache
 
-# loralab vs peft step time and peak memory, and each against the frozen backbone's floor: steps alternate in one
-# process, median and range over 3 repeats (CPU here, ~20 min on an idle 2-core machine; a GPU: bench/gpu_all.sh)
+# loralab vs peft step time and peak memory (LoRA also vs peft with loralab's addmm add: peft-addmm), and each against
+# the frozen backbone's floor: steps alternate in one process, median and range over 3 repeats (CPU here, ~20 min on
+# an idle 2-core machine; a GPU: bench/gpu_all.sh)
 BENCH_ARGS ?= --device cpu --batch 8 --seq 64 --steps 8 --warmup 2 --repeats 3
 bench: setup
 	$(PY) -m pip install -q -e '.[bench]'
 	HF_HUB_OFFLINE=1 $(PY) bench/peft_compare.py $(BENCH_ARGS) --out results/bench/peft_compare_$(word 2,$(BENCH_ARGS)).md
 
 # LoRA-Mini's grid (14 rab points x D, D+A) trained fused (hydra/launcher=fused) vs one run after another, with the
-# results checked equal (CPU, ~12 min; a subset: BENCH_FUSED_ARGS="--points r8_a16_b16,r8_a64_b64 --steps 5")
+# results checked equal; fused/separate taken per repeat, median [min, max] over the repeats (CPU, ~12 min; a subset:
+# BENCH_FUSED_ARGS="--points r8_a16_b16,r8_a64_b64 --steps 5")
 BENCH_FUSED_ARGS ?= --steps 10 --limit-eval 32
 .PHONY: bench-fused
 bench-fused: setup
@@ -66,8 +68,10 @@ bench-fused: setup
 #   any run would fail or substitute. The paper profile leaves the hub on (HF_HUB_OFFLINE is set for offline only).
 PROFILE ?= offline
 RUN ?= 1
-# JOBS=2: two runs at once, one thread each (see results/bench/throughput_cpu.md; also make claims, make run)
-JOBS ?= 1
+# JOBS: runs trained at once, one thread each (make table*, make claims, make run). Default 2: 1.52x the runs per hour
+# of one run at a time on this 2-core CPU, same results (results/bench/throughput_cpu.md). JOBS=1: one at a time with
+# torch's default threads.
+JOBS ?= 2
 COLUMNS ?=
 PREFLIGHT ?= 0
 TABLES := $(if $(filter paper,$(PROFILE)),,HF_HUB_OFFLINE=1) $(PY) -m loralab.tables --profile $(PROFILE) \

@@ -2,6 +2,10 @@
 runs) against the same configs trained one after another (``loralab.run.run``, in this same process), and a check
 that both give the same results (per-epoch loss and metrics, saved adapter and head).
 
+Each side runs ``--repeats`` times, alternating which goes first; every repeat is recorded. Per repeat the ratio
+fused / separate (total wall time and training loops only) is taken, and the report gives its median and its range
+[min, max] over the repeats (never a minimum picked per side); per-config times are medians over the repeats.
+
 Dropout is switched off in both (every ``nn.Dropout`` of the backbone set to p=0 when it is built): fused training
 equals separate training only without dropout, and pretrained backbones take their dropout from their own config.
 
@@ -12,9 +16,9 @@ equals separate training only without dropout, and pretrained backbones take the
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -102,6 +106,16 @@ def _same(alone: dict, together: dict) -> bool:
     return True
 
 
+def _spread(values: list[float], digits: int = 3) -> str:
+    """``median [min, max]``."""
+    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
+
+
+def _median(per_repeat: list[list[float]]) -> list[float]:
+    """Per item (config or group), the median over the repeats of ``per_repeat[repeat][item]``."""
+    return [statistics.median(values) for values in zip(*per_repeat, strict=True)]
+
+
 def _cpu() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
         if line.startswith("model name"):
@@ -120,7 +134,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--limit-eval", type=int, default=64, help="dev examples evaluated (the same in both)")
     parser.add_argument("--max-group", type=int, default=14, help="configs per fused group (bounds memory)")
-    parser.add_argument("--repeats", type=int, default=2, help="each side this often, alternating; fastest kept")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="each side this often, alternating; median [min, max] over the repeats"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "fused_sweep_cpu.md")
     args = parser.parse_args()
 
@@ -132,9 +148,11 @@ def main() -> None:
     groups = group_configs(cfgs, args.max_group)
     sizes = [len(g) for g in groups]
     load_before = os.getloadavg()
-    separate_s = [math.inf] * len(cfgs)  # the fastest of the repeats: the least disturbed by other jobs
-    train_s = [math.inf] * len(cfgs)
-    group_s, group_train_s = [math.inf] * len(groups), [math.inf] * len(groups)
+    # every repeat's times: [repeat][config] (separate) and [repeat][group] (fused), each repeat's sides back to back
+    separate_s: list[list[float]] = []
+    train_s: list[list[float]] = []
+    group_s: list[list[float]] = []
+    group_train_s: list[list[float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         run(cfgs[0], work / "warm-up")  # weights unpacked, files cached: neither side pays for that
@@ -142,14 +160,14 @@ def main() -> None:
             for side in ("separate", "fused") if rep % 2 == 0 else ("fused", "separate"):
                 if side == "separate":
                     separate, walls = _separate(cfgs, work / str(rep) / side)
-                    separate_s = [min(a, b) for a, b in zip(separate_s, walls, strict=True)]
-                    trains = [r["metrics"]["epochs"][-1]["train_time_s"] for r in separate]
-                    train_s = [min(a, b) for a, b in zip(train_s, trains, strict=True)]
+                    separate_s.append(walls)
+                    train_s.append([r["metrics"]["epochs"][-1]["train_time_s"] for r in separate])
                 else:
                     fused, walls = _fused(cfgs, groups, work / str(rep) / side)
-                    group_s = [min(a, b) for a, b in zip(group_s, walls, strict=True)]
-                    firsts = [fused[members[0]]["metrics"]["epochs"][-1]["train_time_s"] for members in groups]
-                    group_train_s = [min(a, b) for a, b in zip(group_train_s, firsts, strict=True)]
+                    group_s.append(walls)
+                    group_train_s.append(
+                        [fused[members[0]]["metrics"]["epochs"][-1]["train_time_s"] for members in groups]
+                    )
                 print(f"repeat {rep}: {side} {sum(walls):.1f} s", flush=True)
         last = work / str(args.repeats - 1)
         diffs = [
@@ -161,19 +179,22 @@ def main() -> None:
     load_after = os.getloadavg()
     group_of = {i: g for g, members in enumerate(groups) for i in members}
 
+    wall_ratio = [sum(f) / sum(s) for f, s in zip(group_s, separate_s, strict=True)]
+    train_ratio = [sum(f) / sum(s) for f, s in zip(group_train_s, train_s, strict=True)]
+    sep_med, train_med, group_med = _median(separate_s), _median(train_s), _median(group_s)
     rows = []
     for i, label in enumerate(labels):
         a, b = separate[i]["metrics"], fused[i]["metrics"]
         loss_a, loss_b = a["epochs"][-1]["train_loss"], b["epochs"][-1]["train_loss"]
         main = separate[i]["main_metric"]
-        share = group_s[group_of[i]] / sizes[group_of[i]]
+        share = group_med[group_of[i]] / sizes[group_of[i]]
         rows.append(
-            f"| {label} | {separate[i]['params']['trainable_params']:,} | {separate_s[i]:.1f} | {train_s[i]:.1f} | "
+            f"| {label} | {separate[i]['params']['trainable_params']:,} | {sep_med[i]:.1f} | {train_med[i]:.1f} | "
             f"{share:.1f} | {loss_a:.5f} | {loss_b:.5f} | {a['best'][main]:.4f} | {b['best'][main]:.4f} | "
             f"{diffs[i]:.1e} |"
         )
-    total_sep, total_fused = sum(separate_s), sum(group_s)
-    train_sep, train_fused = sum(train_s), sum(group_train_s)
+    total_sep, total_fused = [sum(r) for r in separate_s], [sum(r) for r in group_s]
+    train_sep, train_fused = [sum(r) for r in train_s], [sum(r) for r in group_train_s]
     same = all(_same(s, f) for s, f in zip(separate, fused, strict=True)) and max(diffs) < 1e-4
     ver = versions()
     command = "python bench/fused_sweep.py " + " ".join(sys.argv[1:])
@@ -190,7 +211,9 @@ def main() -> None:
         f"dropout off in both. Separate: `loralab.run.run` per config, one after another in one process (after one "
         f"untimed warm-up run). Fused: `loralab.fused.run_fused`, {len(groups)} group(s) of "
         f"{'/'.join(map(str, sizes))} configs (`--max-group {args.max_group}`). Each side ran {args.repeats} times, "
-        "alternating which went first; the times are each config's (group's) fastest.",
+        "alternating which went first, every repeat recorded: the ratios fused / separate are taken per repeat "
+        "(the two sides of a repeat ran back to back) and given as median [min, max] over the repeats; the table's "
+        "times are each config's (group's) median over the repeats.",
         f"Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores"
         + (
             " -- other jobs shared the cores, so timings are contended."
@@ -203,10 +226,13 @@ def main() -> None:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",
-        f"Total wall: separate {total_sep:.1f} s, fused {total_fused:.1f} s (groups: "
-        f"{', '.join(f'{s:.1f}' for s in group_s)} s); fused / separate = {total_fused / total_sep:.3f}.",
-        f"Training loops only (train_time_s, fastest repeat, summed): separate {train_sep:.1f} s, fused "
-        f"{train_fused:.1f} s; fused / separate = {train_fused / train_sep:.3f}.",
+        f"Total wall (s, median [min, max] over the repeats): separate {_spread(total_sep, 1)}, fused "
+        f"{_spread(total_fused, 1)} (groups' medians: {', '.join(f'{s:.1f}' for s in group_med)} s); "
+        f"fused / separate per repeat = {_spread(wall_ratio)}.",
+        f"Training loops only (train_time_s summed, s): separate {_spread(train_sep, 1)}, fused "
+        f"{_spread(train_fused, 1)}; fused / separate per repeat = {_spread(train_ratio)}.",
+        f"Per-repeat totals (s), separate / fused: "
+        f"{'; '.join(f'{a:.1f} / {b:.1f}' for a, b in zip(total_sep, total_fused, strict=True))}.",
         f"Fused results equal separate ones (loss to 1e-4, metrics exactly, adapter and head to 1e-4): "
         f"{'yes' if same else 'NO'}; largest parameter difference {max(diffs):.1e}.",
         "",

@@ -22,5 +22,5 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 
 
 $PY bench/peft_compare.py --device cuda --batch 32 --seq 128 --steps 20 --warmup 5 --repeats 3 \
   --peak-tflops "$PEAK" --out results/bench/peft_compare_cuda.md
-$PY bench/fused_sweep.py --task glue/rte --steps 100 --batch 16 --limit-eval 277 --max-group 28 --repeats 2 \
+$PY bench/fused_sweep.py --task glue/rte --steps 100 --batch 16 --limit-eval 277 --max-group 28 --repeats 3 \
   --out results/bench/fused_sweep_cuda.md

@@ -7,6 +7,10 @@ LoRA-Mini at the same r. Their training steps alternate: after ``--warmup`` roun
 ``--steps`` rounds, each round one step of every configuration, the order rotated every round. Per repeat, each
 configuration's median step time; ratios (loralab/peft, LoRA-Mini/LoRA) and overheads over the floor are taken per
 repeat, and the report gives their median and their range over the repeats (never a minimum picked per side).
+The LoRA group also times two variants of its adapters' forward: ``loralab-unfused`` (loralab's previous forward,
+``out += adapter_output(x)``) and ``peft-addmm`` (peft's LoRA with loralab's add, the last product and the scaling
+added into the base output by one addmm; patched per instance, the plain ``peft`` configuration keeps peft's forward),
+so the report states loralab against peft's default and against peft with the same trick.
 
 Peak memory is a process's own, so it is measured in a fresh process per configuration (``--memory-steps`` steps;
 CPU: the resident set's high-water mark, reset once the model is built; CUDA: max allocated). A step is what
@@ -64,12 +68,13 @@ CASES = {
 }  # fmt: skip
 FLOOR = "floor"  # a configuration: the case's backbone, frozen, no adapter
 UNFUSED = "loralab-unfused"  # loralab with its previous forward (out += adapter_output(x)): the fused add's effect
+PEFT_ADDMM = "peft-addmm"  # peft's LoRA with loralab's add (one addmm into the base output): peft with the same trick
 LORA, VERA, T5 = "roberta-base LoRA r=8 D+A", "roberta-base VeRA r=256 D+A", "t5-base LoRA r=8 D+A"
 ADALORA = "roberta-base AdaLoRA r=12->8 D+A"
 MINI64, MINI256 = "roberta-base LoRA-Mini r=8 a=b=64 D+A", "roberta-base LoRA-Mini r=8 a=b=256 D+A"
 # a group: (title, [(case, library)]); every group also times its backbone's floor
 GROUPS = {
-    "lora": (LORA, [(LORA, "loralab"), (LORA, "peft"), (LORA, UNFUSED)]),
+    "lora": (LORA, [(LORA, "loralab"), (LORA, "peft"), (LORA, UNFUSED), (LORA, PEFT_ADDMM)]),
     "lora_mini": ("LoRA-Mini vs LoRA, r=8 D+A", [(LORA, "loralab"), (MINI64, "loralab"), (MINI256, "loralab")]),
     "vera": (VERA, [(VERA, "loralab"), (VERA, "peft")]),
     "adalora": (ADALORA, [(ADALORA, "loralab"), (ADALORA, "peft")]),
@@ -99,7 +104,8 @@ def _compose(model: str, method: str, overrides: list[str]) -> DictConfig:
 
 
 def make_model(case: str, library: str, steps: int) -> tuple[nn.Module, Method | None, list[str]]:
-    """The backbone with the case's adapter attached by loralab or peft (same target modules, rank, alpha), or
+    """The backbone with the case's adapter attached by loralab or peft (same target modules, rank, alpha; ``library``
+    ``loralab-unfused`` / ``peft-addmm``: with the forward patched, see :data:`UNFUSED`, :data:`PEFT_ADDMM`), or
     the floor (``library="floor"``: no adapter, frozen, the input embeddings' output requiring grad); loralab's
     method (its training hooks; None otherwise); the adapted module names. ``steps``: all steps the model takes."""
     from loralab.adapters import AdapterLinear
@@ -149,6 +155,9 @@ def make_model(case: str, library: str, steps: int) -> tuple[nn.Module, Method |
     else:
         raise ValueError(f"peft has no {method}")
     model = peft.get_peft_model(model, config)
+    if library == PEFT_ADDMM:
+        if method != "lora" or not use_addmm(model):
+            raise ValueError(f"{PEFT_ADDMM}: no peft LoRA layer to patch in {case}")
     return model, None, sorted(n.removeprefix("base_model.model.") for n in model.targeted_module_names)
 
 
@@ -158,6 +167,34 @@ def _unfused_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = self.base(x)
     out += self.adapter_output(x).to(out.dtype)
     return out
+
+
+def use_addmm(model: nn.Module) -> int:
+    """Give each of peft's LoRA ``Linear`` layers in ``model`` loralab's add (:func:`_peft_addmm_forward`), per
+    instance: other peft models in the process keep peft's forward. The number of layers patched."""
+    from peft.tuners.lora.layer import Linear
+
+    layers = [m for m in model.modules() if isinstance(m, Linear)]
+    for layer in layers:
+        layer.forward = types.MethodType(_peft_addmm_forward, layer)
+    return len(layers)
+
+
+def _peft_addmm_forward(self: nn.Module, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    """peft's LoRA ``Linear.forward`` (one active adapter, unmerged, no variant) with its update added as loralab
+    adds it: ``base(x)`` as a 2-D (tokens, out) tensor, then ``out += scaling * lora_A(dropout(x)) @ B^T`` in place
+    by one addmm, instead of ``result + lora_B(lora_A(dropout(x))) * scaling``. Any other state (adapters disabled
+    or merged, several adapters, a variant such as DoRA, a LoRA bias, extra arguments) runs peft's own forward."""
+    active = self.active_adapters
+    name = active[0] if len(active) == 1 else None
+    plain = name in self.lora_A and name not in self.lora_variant and self.lora_B[name].bias is None
+    if args or kwargs or self.disable_adapters or self.merged or not plain:
+        return type(self).forward(self, x, *args, **kwargs)
+    lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+    h = lora_a(self.lora_dropout[name](self._cast_input_dtype(x, lora_a.weight.dtype)))
+    out = self.base_layer(x.reshape(-1, x.shape[-1]))
+    out.addmm_(h.reshape(-1, h.shape[-1]).to(out.dtype), lora_b.weight.T.to(out.dtype), alpha=self.scaling[name])
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 @dataclass
@@ -182,7 +219,7 @@ class Stepper:
         self.model.to(self.device).train()
         # peft's AdaLoRA re-scores and masks its triplets after the optimizer step, before zero_grad
         self.allocate = getattr(getattr(self.model, "base_model", None), "update_and_allocate", None)
-        if self.library != "peft":
+        if self.library not in ("peft", PEFT_ADDMM):
             self.allocate = None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-4) if self.params else None
@@ -245,9 +282,12 @@ def time_group(key: str, args: argparse.Namespace) -> dict:
         steppers.append(Stepper(label, case, library, args.device, args.batch, args.seq, total))
     libraries = {s.library for s in steppers}
     if {"loralab", "peft"} <= libraries:
-        ours, theirs = steppers[1], steppers[2]
-        assert ours.trainable == theirs.trainable, f"{title}: trainable {ours.trainable:,} vs {theirs.trainable:,}"
-        assert ours.modules == theirs.modules, f"{title}: adapted modules differ"
+        ours = steppers[1]
+        for theirs in (s for s in steppers if s.library in ("peft", PEFT_ADDMM)):
+            assert ours.trainable == theirs.trainable, (
+                f"{title}: trainable {ours.trainable:,} vs {theirs.label}'s {theirs.trainable:,}"
+            )
+            assert ours.modules == theirs.modules, f"{title}: adapted modules differ ({theirs.label})"
     flops = {s.label: s.flops() for s in steppers}
     for _ in range(args.warmup):
         for s in steppers:
@@ -419,6 +459,21 @@ def render(groups: list[dict], memory: dict[tuple[str, str], int], args: argpars
                 f"{_fmt_spread(ratio)}; the previous forward's overhead over the floor "
                 f"{_fmt_spread(over, 1, pct=True)} ({ms(unfused['medians_s'])} ms). Exact: same outputs and gradients "
                 "(tests/test_speed.py).",
+            ]
+        if PEFT_ADDMM in by:
+            ours, theirs, patched, floor = by["loralab"], by["peft"], by[PEFT_ADDMM], by[FLOOR]
+            vs_peft = [a / b for a, b in zip(ours["medians_s"], theirs["medians_s"], strict=True)]
+            vs_patched = [a / b for a, b in zip(ours["medians_s"], patched["medians_s"], strict=True)]
+            trick = [a / b for a, b in zip(patched["medians_s"], theirs["medians_s"], strict=True)]
+            over = [a / b - 1 for a, b in zip(patched["medians_s"], floor["medians_s"], strict=True)]
+            lines += [
+                "",
+                f"{g['title']}: loralab vs peft with loralab's add (`{PEFT_ADDMM}`: peft's LoRA layers' forward "
+                "patched, per instance, to add the last product and the scaling into the base output by one addmm), "
+                f"alternating in the same group: step loralab/peft {_fmt_spread(vs_peft)}, loralab/{PEFT_ADDMM} "
+                f"{_fmt_spread(vs_patched)}; {PEFT_ADDMM}/peft {_fmt_spread(trick)}; {PEFT_ADDMM}'s overhead over the "
+                f"floor {_fmt_spread(over, 1, pct=True)} ({ms(patched['medians_s'])} ms). Exact: same outputs and "
+                "gradients as peft's forward (tests/test_bench_peft_addmm.py).",
             ]
     if lora_mini_rows:
         lines += [

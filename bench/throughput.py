@@ -34,14 +34,15 @@ CELL = [
 ]  # fmt: skip
 
 
-def one_run(tree: Path, out: Path, seed: int, threads: int | None) -> dict:
-    """Train the cell with ``seed`` using the code in ``tree`` (``threads``: OMP threads, None: torch's default); its
-    results.json, with the process's own CPU time (user + system, from wait4) added as ``cpu_s``."""
+def one_run(tree: Path, out: Path, seed: int, threads: int | None, extra: list[str]) -> dict:
+    """Train the cell with ``seed`` using the code in ``tree`` (``threads``: OMP threads, None: torch's default;
+    ``extra``: overrides added to the cell's); its results.json, with the process's own CPU time (user + system, from
+    wait4) added as ``cpu_s``."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(tree / "src")}
     env.setdefault("LORALAB_ASSETS", str(ROOT.parent / "shared" / "assets"))
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, str(tree / "train.py"), *CELL, f"trainer.seed={seed}", f"hydra.run.dir={out}"]
+    cmd = [sys.executable, str(tree / "train.py"), *CELL, *extra, f"trainer.seed={seed}", f"hydra.run.dir={out}"]
     log = out.with_name(out.name + ".log")
     out.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as f:
@@ -52,12 +53,12 @@ def one_run(tree: Path, out: Path, seed: int, threads: int | None) -> dict:
     return {**json.loads((out / "results.json").read_text()), "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
-def arm(name: str, tree: Path, lanes: int, threads: int | None, seeds: list[int], work: Path) -> dict:
+def arm(name: str, tree: Path, lanes: int, threads: int | None, extra: list[str], seeds: list[int], work: Path) -> dict:
     """All seeds of the cell with one arm's code, lanes and threads: wall time, CPU time per run, load, metrics."""
     load0, start = os.getloadavg()[0], time.time()
     outs = [work / f"{name.replace(':', '-')}-{time.time_ns()}-seed{s}" for s in seeds]
     with ThreadPoolExecutor(lanes) as pool:
-        results = list(pool.map(lambda a: one_run(tree, a[0], a[1], threads), zip(outs, seeds, strict=True)))
+        results = list(pool.map(lambda a: one_run(tree, a[0], a[1], threads, extra), zip(outs, seeds, strict=True)))
     wall = time.time() - start
     row = {
         "arm": name,
@@ -99,8 +100,9 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
         f"{os.cpu_count()} CPU cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
         f"`before` = commit {args.before}, `after` = the working tree.",
         f"Command: `python bench/throughput.py --before {args.before} --arms {' '.join(args.arms)} --runs "
-        f"{args.runs} --repeats {args.repeats}`. An arm `<code>:<lanes>:<threads>` trains the seeds in <lanes> "
-        "parallel processes of <threads> threads each (0: torch's default); arms run one after another (order "
+        f"{args.runs} --repeats {args.repeats}`. An arm `<code>:<lanes>:<threads>[:<override>...]` trains the seeds "
+        "in <lanes> parallel processes of <threads> threads each (0: torch's default), with the overrides added; "
+        "arms run one after another (order "
         "reversed every repeat). `load`: the 1-minute load average at the arm's start and end. CPU (s): each run's "
         "own user + system time (wait4), which depends little on other processes' load when a run has one thread; "
         "wall time and runs per hour depend on it fully (this machine is shared).",
@@ -125,7 +127,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default="HEAD", help="commit of the 'before' code (default HEAD)")
     ap.add_argument(
-        "--arms", nargs="+", default=["before:1:0", "after:2:1"], help="<before|after>:<lanes>:<threads, 0: default>"
+        "--arms",
+        nargs="+",
+        default=["before:1:0", "after:2:1"],
+        help="<before|after>:<lanes>:<threads, 0: default>[:<override>...] (overrides added to the cell's)",
     )
     ap.add_argument("--runs", type=int, default=2, help="runs (seeds 42, 43, ...) per arm")
     ap.add_argument("--repeats", type=int, default=1)
@@ -134,16 +139,16 @@ def main() -> None:
     args.seeds = list(range(42, 42 + args.runs))
     arms = []
     for spec in args.arms:
-        code, lanes, threads = spec.split(":")
+        code, lanes, threads, *extra = spec.split(":")
         if code not in ("before", "after"):
             raise SystemExit(f"arm {spec!r}: the code must be before or after")
-        arms.append((spec, code, int(lanes), int(threads) or None))
+        arms.append((spec, code, int(lanes), int(threads) or None, extra))
     with tempfile.TemporaryDirectory(prefix="loralab-throughput-") as tmp:
         trees = {"before": unpack(args.before, Path(tmp) / "before"), "after": ROOT}
         rows = []
         for repeat in range(args.repeats):
-            for spec, code, lanes, threads in arms if repeat % 2 == 0 else arms[::-1]:
-                rows.append(arm(spec, trees[code], lanes, threads, args.seeds, Path(tmp) / "runs"))
+            for spec, code, lanes, threads, extra in arms if repeat % 2 == 0 else arms[::-1]:
+                rows.append(arm(spec, trees[code], lanes, threads, extra, args.seeds, Path(tmp) / "runs"))
     report = render(rows, args)
     print(report)
     if args.out:

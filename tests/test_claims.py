@@ -292,3 +292,41 @@ def test_a_ratio_of_two_metrics_and_a_cell_not_run_under_the_profile(tmp_path, t
     close, budget = claims.evaluate(spec, resolved, claims.gather(spec, resolved, "offline"), {})
     assert close.verdict == claims.NOT_RUNNABLE
     assert budget.verdict == claims.HOLDS and budget.comparisons[0].value == pytest.approx(1.0)  # the worst seed
+
+
+def test_each_comparison_verdict_shown_and_measurements_have_no_baseline(tmp_path, tiny_glue):
+    table = {**TABLE, "rows": [*TABLE["rows"], {"id": "big", "overrides": ["method=lora", "method.r=4"]}]}
+    spec_dict = {
+        **CLAIMS,
+        "runs": {
+            **CLAIMS["runs"],
+            "big": "tab1/big/rte",
+            "mini_rank": {"cell": "tab1/mini/rte", "metric": "rank"},
+            "lora_rank": {"cell": "tab1/lora/rte", "metric": "rank"},
+        },  # fmt: skip
+        "claims": [
+            {**CLAIMS["claims"][0], "id": "two", "compare": [["mini", "lora"], ["mini", "big"]]},
+            {
+                **CLAIMS["claims"][0],
+                "id": "rank",
+                "rule": {"kind": "superior", "margin": 0},
+                "compare": [["mini_rank", "lora_rank"]],
+                "check_baseline": False,
+            },  # fmt: skip
+        ],
+    }
+    path = write(tmp_path, spec_dict, table)
+    task = task_config(tiny_glue)
+    # mini vs lora: +1, +1.5, +0.5 points (holds); mini vs big: -0.5, +2, -1 (inconclusive): the claim is inconclusive
+    for seed, (lora, mini, big) in enumerate([(0.80, 0.81, 0.815), (0.84, 0.855, 0.835), (0.78, 0.785, 0.795)], 1):
+        for row, acc, rank in (("lora", lora, 7.5), ("mini", mini, 8.0 - 0.1 * seed), ("big", big, 4.0)):
+            put(tmp_path, row, seed, acc, task)
+            result_path = tmp_path / f"runs/mypaper/tab1/offline/{row}/rte/seed{seed}/results.json"
+            result = json.loads(result_path.read_text())
+            result_path.write_text(json.dumps({**result, "method_metrics": {"rank": rank}}))
+    md = claims.build_claims(path, run=False, results_root=tmp_path, wandb_mode=None).read_text()
+    assert "| two | inconclusive (this comparison: holds) | mini vs lora |" in md
+    assert "| two | inconclusive | mini vs big |" in md
+    rank_section = md[md.index("## rank:") :]
+    assert "no trivial baseline (a measurement, not a score" in rank_section
+    assert "NOT clearly above" not in rank_section

@@ -270,4 +270,17 @@ def test_table_logged_to_wandb_as_a_table(tmp_path, monkeypatch):
     tables.log_wandb(spec, "offline", tables.table_rows(cells), "proj", "offline")
     assert inits["job_type"] == "table" and inits["group"] == "mypaper/tab1/offline" and inits["mode"] == "offline"
     table = logged["mypaper/tab1"]
-    assert table.columns == list(tables.HEADER) and table.data[0][:3] == ["lora_r2", "acc", "60.00"]
+    assert table.columns == list(tables.HEADER[:-2]) and table.data[0][:3] == ["lora_r2", "acc", "60.00"]
+
+
+def test_inference_columns_only_when_a_cell_has_a_count(tmp_path):
+    spec = tables.load_spec(write_spec(tmp_path))
+    put(tmp_path, "lora_r2", 1, fake_result(0.60))
+    results = tables.results_from_disk(spec, "offline", tmp_path)
+    cells = tables.collect(spec, "offline", results, {})
+    md, table_csv = tables.render(spec, "offline", cells, results)
+    assert "inference (our run)" not in md and "inference (paper)" not in table_csv
+    assert "| trainable (paper) | counts match |" in md
+    cells[0].inference_paper = "1.26M"
+    header, rows = tables.table_rows(cells)
+    assert header == tables.HEADER and rows[0][-1] == "1.26M" and len(rows[1]) == len(header)

@@ -531,7 +531,8 @@ def _f(value: float | None, digits: int = 2, sign: bool = False) -> str:
 
 
 def claim_rows(results: list[ClaimResult], digits: int = 2) -> list[list[str]]:
-    """One row per comparison (the claim's verdict beside each), for the CSV, the summary and W&B."""
+    """One row per comparison (the claim's verdict beside each, with the comparison's own where it differs), for the
+    CSV, the summary and W&B."""
     rows = []
     what = {
         "difference": "mean paired difference a - b",
@@ -543,8 +544,9 @@ def claim_rows(results: list[ClaimResult], digits: int = 2) -> list[list[str]]:
         for c in cr.comparisons:
             interval = "" if c.lo is None else f"[{c.lo:+.{digits}f}, {c.hi:+.{digits}f}]"
             seeds = "" if cr.claim.statistic == "params_ratio" else str(len(c.seeds))
+            verdict = cr.verdict if c.verdict in (cr.verdict, "") else f"{cr.verdict} (this comparison: {c.verdict})"
             rows.append([
-                cr.claim.id, cr.verdict, f"{c.a} vs {c.b}", seeds, what[cr.claim.statistic],
+                cr.claim.id, verdict, f"{c.a} vs {c.b}", seeds, what[cr.claim.statistic],
                 _f(c.value, 3 if ratio else digits, sign=not ratio), interval, _f(c.ours_run, 3),
                 _f(c.paper, 3 if ratio else digits, sign=not ratio),
             ])  # fmt: skip
@@ -588,6 +590,8 @@ def render(spec: ClaimsSpec, profile: str, results: list[ClaimResult]) -> tuple[
                 "clearly above" if s.informative else "NOT clearly above"
             )  # fmt: skip
             base = f"trivial baseline {_f(s.baseline)} ({s.baseline_what}): {above}" if s.values else "no runs yet"
+            if s.values and not c.check_baseline:
+                base = "no trivial baseline (a measurement, not a score: the claim sets check_baseline false)"
             values = ", ".join(f"{v:.2f}" for v in s.values.values()) or "none"
             md.append(f"- Run `{s.name}` = {s.cell}: seeds {list(s.values)}: {values}{mean}; {base}.")
         for comp in cr.comparisons:

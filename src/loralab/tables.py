@@ -509,9 +509,11 @@ def _fmt(value: float | int | None, digits: int = 2) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}f}"
 
 
-def table_rows(cells: list[Cell]) -> list[list[str]]:
+def table_rows(cells: list[Cell]) -> tuple[tuple[str, ...], list[list[str]]]:
+    """The header and rows of a table; the two inference columns only when a cell has an inference count (ours or
+    the paper's: the pruning methods' tables)."""
     match = {True: "yes", False: "NO", None: ""}
-    return [
+    rows = [
         [
             c.row, c.column,
             _fmt(c.mean) or (c.refused and f"not rendered: {c.refused}") or (c.note and f"not run: {c.note}")
@@ -522,6 +524,9 @@ def table_rows(cells: list[Cell]) -> list[list[str]]:
         ]
         for c in cells
     ]  # fmt: skip
+    if any(c.inference_run is not None or c.inference_paper for c in cells):
+        return HEADER, rows
+    return HEADER[:-2], [r[:-2] for r in rows]
 
 
 def describe_runs(spec: Spec, profile: str, results: dict[tuple[str, str], list[dict]]) -> list[str]:
@@ -559,23 +564,27 @@ def describe_runs(spec: Spec, profile: str, results: dict[tuple[str, str], list[
 
 def render(spec: Spec, profile: str, cells: list[Cell], results: dict[tuple[str, str], list[dict]]) -> tuple[str, str]:
     """The Markdown and CSV text of a table."""
-    rows = table_rows(cells)
+    header, rows = table_rows(cells)
     md = [f"# {spec.title}", "", *describe_runs(spec, profile, results)]
     if spec.notes:
         md += [f"- Notes: {' '.join(spec.notes.split())}"]
     md += [
         f"- `ours` and `paper` are on the paper's scale (ours x {spec.scale:g}); delta = ours - paper. Trainable "
-        "parameters: of our run, of the paper's backbone as built here (meta device), and as the paper prints them; "
-        "inference parameters (after pruning: AdaLoRA, SoRA, RoLoRA) of our run's output adapters and as printed.",
+        "parameters: of our run, of the paper's backbone as built here (meta device), and as the paper prints them"
+        + (
+            "; inference parameters (after pruning: AdaLoRA, SoRA, RoLoRA) of our run's output adapters and as printed."
+            if len(header) == len(HEADER)
+            else "."
+        ),
         "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "---|" * len(HEADER),
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
         *("| " + " | ".join(r) + " |" for r in rows),
         "",
     ]
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["profile", *HEADER])
+    writer.writerow(["profile", *header])
     writer.writerows([profile, *r] for r in rows)
     return "\n".join(md), buf.getvalue()
 
@@ -632,10 +641,14 @@ def wandb_table(
     run.finish()
 
 
-def log_wandb(spec: Spec, profile: str, rows: list[list[str]], project: str, mode: str) -> None:
+def log_wandb(
+    spec: Spec, profile: str, table: tuple[tuple[str, ...], list[list[str]]], project: str, mode: str
+) -> None:
+    """Log a table (``table_rows``' header and rows) to W&B as a ``wandb.Table``."""
     key = f"{spec.paper}/{spec.name}"
+    header, rows = table
     wandb_table(
-        key, HEADER, rows, project, mode, "table", f"{key}/{profile}", f"table-{spec.paper}-{spec.name}-{profile}"
+        key, header, rows, project, mode, "table", f"{key}/{profile}", f"table-{spec.paper}-{spec.name}-{profile}"
     )
 
 
