@@ -605,32 +605,35 @@ def render(spec: ClaimsSpec, profile: str, results: list[ClaimResult]) -> tuple[
 
 
 def plot(spec: ClaimsSpec, results: list[ClaimResult], path: Path) -> None:
-    """Paired differences with their intervals, one line per comparison, the paper's value marked."""
+    """Paired differences with their intervals, one panel per comparison on its own x scale (scores and measures
+    such as a rank or a norm differ by orders of magnitude), the paper's value and the rule's threshold marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     items = [(cr, c) for cr in results if cr.claim.statistic == "difference" for c in cr.comparisons]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(items) + 1.8))
-    for i, (cr, c) in enumerate(items):
-        y = len(items) - i
+    fig, axes = plt.subplots(max(len(items), 1), 1, figsize=(9, 0.62 * len(items) + 1.4), squeeze=False)
+    for ax, (cr, c) in zip(axes[:, 0], items, strict=False):
         if c.value is not None and c.lo is not None:
-            ax.errorbar(c.value, y, xerr=[[c.value - c.lo], [c.hi - c.value]], fmt="o", color="C0", capsize=3,
-                        label="ours (interval)" if i == 0 else None)  # fmt: skip
+            ax.errorbar(c.value, 0, xerr=[[c.value - c.lo], [c.hi - c.value]], fmt="o", color="C0", capsize=3,
+                        label="ours (interval)")  # fmt: skip
         if c.paper is not None:
-            ax.plot(c.paper, y, "x", color="C3", markersize=8, label="paper" if i == 0 else None)
+            ax.plot(c.paper, 0, "x", color="C3", markersize=8, label="paper")
         m = cr.claim.rule.get("margin", 0)
         bounds = {"non_inferior": [-m], "superior": [m], "equivalent": [-m, m]}[cr.claim.rule["kind"]]
-        ax.plot(bounds, [y] * len(bounds), "|", color="grey", markersize=14)
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(items), 0, -1), [f"{cr.claim.id}: {c.a} - {c.b} ({cr.verdict})" for cr, c in items],
-                  fontsize=7)  # fmt: skip
-    ax.set_xlabel("paired difference a - b (paper's scale); grey bar: the rule's threshold")
-    ax.set_title("\n".join(textwrap.wrap(spec.title, 75)), fontsize=9)
-    if ax.has_data():
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+        ax.plot(bounds, [0] * len(bounds), "|", color="grey", markersize=14, label="rule's threshold")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks([])
+        ax.set_ylabel(f"{cr.claim.id}: {c.a} - {c.b}\n({cr.verdict})", rotation=0, ha="right", va="center",
+                      fontsize=7)  # fmt: skip
+        ax.tick_params(axis="x", labelsize=7)
+    if items:
+        axes[0, 0].set_title("\n".join(textwrap.wrap(spec.title, 75)), fontsize=9)
+        handles = {label: h for ax in axes[:, 0] for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+        fig.legend(handles.values(), handles.keys(), fontsize=7, loc="lower right", ncol=3)
+        axes[-1, 0].set_xlabel("paired difference a - b (paper's scale; each panel its own x scale)", fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
