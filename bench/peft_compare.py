@@ -127,7 +127,12 @@ def make_model(case: str, library: str, steps: int) -> tuple[nn.Module, Method |
     model, _ = build_model(plan.model, kind, 2 if kind == "sequence_classification" else None)
     if library == FLOOR:
         model.requires_grad_(False)
-        model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.requires_grad_(True))
+        # every embedding sharing the input embeddings' weight (T5's encoder and decoder embed_tokens are modules of
+        # their own, tied to `shared`): their outputs require grad, so gradients flow to the inputs only
+        weight = model.get_input_embeddings().weight
+        for module in model.modules():
+            if isinstance(module, nn.Embedding) and module.weight is weight:
+                module.register_forward_hook(lambda module, args, out: out.requires_grad_(True))
         return model, None, []
     import peft
 
