@@ -31,6 +31,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
+from peft_compare import fmt_spread  # noqa: E402  (bench/, the script's folder, is on sys.path)
 from safetensors.torch import load_file  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -104,11 +105,6 @@ def _same(alone: dict, together: dict) -> bool:
         if any(a[k] != b[k] for k in metrics):
             return False
     return True
-
-
-def _spread(values: list[float], digits: int = 3) -> str:
-    """``median [min, max]``."""
-    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
 
 
 def _median(per_repeat: list[list[float]]) -> list[float]:
@@ -226,11 +222,11 @@ def main() -> None:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",
-        f"Total wall (s, median [min, max] over the repeats): separate {_spread(total_sep, 1)}, fused "
-        f"{_spread(total_fused, 1)} (groups' medians: {', '.join(f'{s:.1f}' for s in group_med)} s); "
-        f"fused / separate per repeat = {_spread(wall_ratio)}.",
-        f"Training loops only (train_time_s summed, s): separate {_spread(train_sep, 1)}, fused "
-        f"{_spread(train_fused, 1)}; fused / separate per repeat = {_spread(train_ratio)}.",
+        f"Total wall (s, median [min, max] over the repeats): separate {fmt_spread(total_sep, 1)}, fused "
+        f"{fmt_spread(total_fused, 1)} (groups' medians: {', '.join(f'{s:.1f}' for s in group_med)} s); "
+        f"fused / separate per repeat = {fmt_spread(wall_ratio)}.",
+        f"Training loops only (train_time_s summed, s): separate {fmt_spread(train_sep, 1)}, fused "
+        f"{fmt_spread(train_fused, 1)}; fused / separate per repeat = {fmt_spread(train_ratio)}.",
         f"Per-repeat totals (s), separate / fused: "
         f"{'; '.join(f'{a:.1f} / {b:.1f}' for a, b in zip(total_sep, total_fused, strict=True))}.",
         f"Fused results equal separate ones (loss to 1e-4, metrics exactly, adapter and head to 1e-4): "

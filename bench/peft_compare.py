@@ -355,7 +355,8 @@ def spread(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
 
-def _fmt_spread(values: list[float], digits: int = 3, pct: bool = False) -> str:
+def fmt_spread(values: list[float], digits: int = 3, pct: bool = False) -> str:
+    """``median [min, max]`` of ``values`` (``pct``: as signed percentages); also bench/fused_sweep.py's."""
     med, lo, hi = spread([100 * v for v in values] if pct else values)
     unit = "%" if pct else ""
     return (
@@ -427,8 +428,8 @@ def render(groups: list[dict], memory: dict[tuple[str, str], int], args: argpars
                 met = statistics.median(over[c["label"]]) <= target
                 lora_mini_rows.append(
                     f"| {c['label']} | {c['trainable']:,} | {c['modules']} | {ms(floor['medians_s'])} | "
-                    f"{ms(c['medians_s'])} | {_fmt_spread(over[c['label']], 1, pct=True)} | "
-                    f"{_fmt_spread(ratio)} | {'yes' if met else 'NO'} (overhead <= {100 * target:.0f}%) |"
+                    f"{ms(c['medians_s'])} | {fmt_spread(over[c['label']], 1, pct=True)} | "
+                    f"{fmt_spread(ratio)} | {'yes' if met else 'NO'} (overhead <= {100 * target:.0f}%) |"
                 )
             continue
         ours, theirs = by["loralab"], by["peft"]
@@ -447,8 +448,8 @@ def render(groups: list[dict], memory: dict[tuple[str, str], int], args: argpars
         mib = " / ".join("" if v is None else f"{v / 2**20:,.0f}" for v in mem.values())
         lines.append(
             f"| {g['title']} | {ours['trainable']:,} | {ours['modules']} | {ms(floor['medians_s'])} | "
-            f"{1000 * step_s:.1f} | {ms(theirs['medians_s'])} | {_fmt_spread(ratio)} | "
-            f"{_fmt_spread(over['loralab'], 1, pct=True)} | {_fmt_spread(over['peft'], 1, pct=True)} | {mib} | "
+            f"{1000 * step_s:.1f} | {ms(theirs['medians_s'])} | {fmt_spread(ratio)} | "
+            f"{fmt_spread(over['loralab'], 1, pct=True)} | {fmt_spread(over['peft'], 1, pct=True)} | {mib} | "
             f"{'' if mem_ratio is None else f'{mem_ratio:.3f}'} | {tokens / step_s:,.0f} | {mfu}{met} |"
         )
     for g in groups:
@@ -461,8 +462,8 @@ def render(groups: list[dict], memory: dict[tuple[str, str], int], args: argpars
                 "",
                 f"{g['title']}: loralab's forward (last product and scaling added into the base output by one addmm) "
                 f"vs its previous forward (`out += adapter_output(x)`), alternating in the same group: step "
-                f"{_fmt_spread(ratio)}; the previous forward's overhead over the floor "
-                f"{_fmt_spread(over, 1, pct=True)} ({ms(unfused['medians_s'])} ms). Exact: same outputs and gradients "
+                f"{fmt_spread(ratio)}; the previous forward's overhead over the floor "
+                f"{fmt_spread(over, 1, pct=True)} ({ms(unfused['medians_s'])} ms). Exact: same outputs and gradients "
                 "(tests/test_speed.py).",
             ]
         if PEFT_ADDMM in by:
@@ -475,9 +476,9 @@ def render(groups: list[dict], memory: dict[tuple[str, str], int], args: argpars
                 "",
                 f"{g['title']}: loralab vs peft with loralab's add (`{PEFT_ADDMM}`: peft's LoRA layers' forward "
                 "patched, per instance, to add the last product and the scaling into the base output by one addmm), "
-                f"alternating in the same group: step loralab/peft {_fmt_spread(vs_peft)}, loralab/{PEFT_ADDMM} "
-                f"{_fmt_spread(vs_patched)}; {PEFT_ADDMM}/peft {_fmt_spread(trick)}; {PEFT_ADDMM}'s overhead over the "
-                f"floor {_fmt_spread(over, 1, pct=True)} ({ms(patched['medians_s'])} ms). Exact: same outputs and "
+                f"alternating in the same group: step loralab/peft {fmt_spread(vs_peft)}, loralab/{PEFT_ADDMM} "
+                f"{fmt_spread(vs_patched)}; {PEFT_ADDMM}/peft {fmt_spread(trick)}; {PEFT_ADDMM}'s overhead over the "
+                f"floor {fmt_spread(over, 1, pct=True)} ({ms(patched['medians_s'])} ms). Exact: same outputs and "
                 "gradients as peft's forward (tests/test_bench_peft_addmm.py).",
             ]
     if lora_mini_rows:

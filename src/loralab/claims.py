@@ -589,9 +589,12 @@ def render(spec: ClaimsSpec, profile: str, results: list[ClaimResult]) -> tuple[
             above = "interval needs >= 2 seeds" if s.interval is None else (
                 "clearly above" if s.informative else "NOT clearly above"
             )  # fmt: skip
-            base = f"trivial baseline {_f(s.baseline)} ({s.baseline_what}): {above}" if s.values else "no runs yet"
-            if s.values and not c.check_baseline:
+            if not s.values:
+                base = "no runs yet"
+            elif not c.check_baseline:
                 base = "no trivial baseline (a measurement, not a score: the claim sets check_baseline false)"
+            else:
+                base = f"trivial baseline {_f(s.baseline)} ({s.baseline_what}): {above}"
             values = ", ".join(f"{v:.2f}" for v in s.values.values()) or "none"
             md.append(f"- Run `{s.name}` = {s.cell}: seeds {list(s.values)}: {values}{mean}; {base}.")
         for comp in cr.comparisons:
