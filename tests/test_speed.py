@@ -1,5 +1,5 @@
-"""Speed-ups that must not change results: the adapter's fused multiply-add, evaluation in length order,
-length-grouped training batches (a setting), parallel table lanes."""
+"""Speed-ups that must not change results: the adapter's fused multiply-add, the fused AdamW, evaluation in length
+order, length-grouped training batches (a setting), parallel table lanes."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from loralab.adapters.layer import AdapterLinear, Factor
 from loralab.data.batching import LengthGroupedBatches
 from loralab.metrics import glue_metrics
 from loralab.models import load_tokenizer
+from loralab.run import adamw
 from loralab.tasks import build_task
 
 CHAINS = {
@@ -67,6 +68,25 @@ def test_forward_is_base_plus_the_exact_update_with_the_same_gradients(chain, co
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     for a, b in zip(fast, slow, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_fused_adamw_takes_the_per_tensor_loops_steps():
+    # loralab.run.adamw (torch's fused kernel, every loop's optimizer) against torch's per-tensor loop: 20 steps with
+    # weight decay and LoRA-like shapes, the same parameters up to float rounding
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(shape, generator=gen) for shape in ((8, 96), (96, 8), (3, 5), (7,))]
+    runs = []
+    for make in (lambda p: adamw(p, 1e-2, 0.1), lambda p: torch.optim.AdamW(p, 1e-2, weight_decay=0.1, foreach=False)):
+        params = [nn.Parameter(t.clone()) for t in start]
+        optimizer, grads = make(params), torch.Generator().manual_seed(1)
+        for _ in range(20):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=grads)
+            optimizer.step()
+        runs.append(params)
+    assert runs[0][0].sub(start[0]).abs().min() > 0  # the steps moved every entry
+    for fused, loop in zip(*runs, strict=True):
+        torch.testing.assert_close(fused, loop, rtol=1e-6, atol=1e-6)
 
 
 def test_length_grouped_batches_cover_every_example_once_with_little_padding():

@@ -80,6 +80,7 @@ from loralab.run import (
     RESULTS_FILE,
     RUN_FILE,
     Plan,
+    adamw,
     build,
     build_seeded,
     finished_result,
@@ -465,9 +466,9 @@ def train_fused(
     state = _resume_group(members)
     for m in members:
         m.params = [p for p in m.model.parameters() if p.requires_grad]
-    adamw = torch.optim.AdamW([{"params": m.params} for m in members], lr=tr.lr, weight_decay=tr.weight_decay)
-    fused, optimizer, train_loader = accelerator.prepare(fused, adamw, train_loader)
-    scheduler, total = lr_schedule(tr, adamw, len(train_loader))
+    torch_optimizer = adamw([{"params": m.params} for m in members], tr.lr, tr.weight_decay)
+    fused, optimizer, train_loader = accelerator.prepare(fused, torch_optimizer, train_loader)
+    scheduler, total = lr_schedule(tr, torch_optimizer, len(train_loader))
     for m in members:
         m.model.to(accelerator.device)  # its own buffers (the shared tensors moved with the fused model)
     per_config = plan.task.kind == "sequence_classification"
