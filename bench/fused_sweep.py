@@ -38,7 +38,8 @@ from torch import nn  # noqa: E402
 import loralab.run  # noqa: E402
 from loralab.config import register_configs  # noqa: E402
 from loralab.fused import group_configs, run_fused  # noqa: E402
-from loralab.run import run, versions  # noqa: E402
+from loralab.records import versions  # noqa: E402
+from loralab.run import run  # noqa: E402
 
 
 def _without_dropout() -> None:

@@ -14,10 +14,10 @@ so the report states loralab against peft's default and against peft with the sa
 
 Peak memory is a process's own, so it is measured in a fresh process per configuration (``--memory-steps`` steps;
 CPU: the resident set's high-water mark, reset once the model is built; CUDA: max allocated). A step is what
-``loralab.run.train`` does: forward, the method's ``extra_loss``, backward, ``after_backward``, the AdamW step (torch's
-fused AdamW, :func:`loralab.run.adamw`, for every library), ``after_optimizer_step`` (no-ops but for AdaLoRA), ``zero_grad``; peft's AdaLoRA adds its orthogonal regulariser
-inside forward and runs ``update_and_allocate`` after the optimizer step. Same batch, dtype (fp32 on CPU, bf16
-autocast on CUDA) and optimizer for every configuration.
+``loralab.loop.train`` does: forward, the method's ``extra_loss``, backward, ``after_backward``, the AdamW step (torch's
+fused AdamW, :func:`loralab.loop.adamw`, for every library), ``after_optimizer_step`` (no-ops but for AdaLoRA),
+``zero_grad``; peft's AdaLoRA adds its orthogonal regulariser inside forward and runs ``update_and_allocate`` after
+the optimizer step. Same batch, dtype (fp32 on CPU, bf16 autocast on CUDA) and optimizer for every configuration.
 Backbones are architectures with **random weights**: step time and memory do not depend on the weights' values.
 FLOPs per step are counted once per configuration with ``torch.utils.flop_counter`` (matmuls of forward and
 backward); with ``--peak-tflops`` the report adds model-FLOPs utilisation (the floor's FLOPs, i.e. the backbone's
@@ -220,7 +220,7 @@ class Stepper:
     done: int = 0
 
     def __post_init__(self) -> None:
-        from loralab.run import adamw
+        from loralab.loop import adamw
 
         torch.manual_seed(0)
         self.model, self.method, self.modules = make_model(self.case, self.library, self.steps)
@@ -467,7 +467,7 @@ def render(
         + " (on a shared machine other processes' load slows every configuration alike: ratios of alternating steps "
         "are robust to it, absolute times are not).",
         f"Batch {args.batch} x {args.seq} tokens, {'bf16 autocast' if args.device == 'cuda' else 'fp32'}, "
-        "torch's fused AdamW for every library (loralab's loop's, `loralab.run.adamw`), "
+        "torch's fused AdamW for every library (loralab's loop's, `loralab.loop.adamw`), "
         f"train mode, random-weight backbones. Steps of a group's configurations alternate in one process: "
         f"{args.warmup} warm-up rounds, then {args.repeats} repeats of {args.steps} rounds (one step of each "
         "configuration per round, the order rotated every round); per repeat the median step of each configuration. "

@@ -19,20 +19,19 @@ from pathlib import Path
 import torch
 
 import loralab.checkpoint
-import loralab.run
 
 
 def inject(fault: str) -> None:
     kind, _, arg = fault.partition(":")
     if kind == "slow":
-        real_save = loralab.run.save_checkpoint
+        real_save = loralab.checkpoint.save_checkpoint
 
         def slow_save(*args, **kwargs):
             path = real_save(*args, **kwargs)
             time.sleep(float(arg))
             return path
 
-        loralab.run.save_checkpoint = slow_save
+        loralab.checkpoint.save_checkpoint = slow_save
     elif kind == "kill_in_save":
         real_torch_save, calls = torch.save, [0]
 

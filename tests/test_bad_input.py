@@ -30,6 +30,7 @@ import loralab.run
 from loralab.config import PROJECT_ROOT
 from loralab.data.readers import read_local
 from loralab.models import load_tokenizer
+from loralab.records import RESULTS_FILE
 from loralab.run import run
 from loralab.tasks import build_task
 
@@ -72,7 +73,7 @@ def fails(tmp_path: Path, task: str, data: Path, *overrides: str, match: str) ->
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=match) as err:
         run(compose(task, data, *overrides), out)
-    assert not (out / loralab.run.RESULTS_FILE).exists()
+    assert not (out / RESULTS_FILE).exists()
     return str(err.value)
 
 

@@ -12,7 +12,8 @@ from conftest import compose_cfg, write_tiny_glue
 from safetensors.torch import load_file
 
 from loralab.config import PROJECT_ROOT
-from loralab.run import RESULTS_FILE, run
+from loralab.records import RESULTS_FILE
+from loralab.run import run
 
 TORCHRUN = shutil.which("torchrun") or str(PROJECT_ROOT / ".venv" / "bin" / "torchrun")
 COMMON = ["model=tiny-bert", "task=glue/rte", "method=lora", "task.source=local", "trainer.progress=false",

@@ -103,7 +103,7 @@ def test_the_schedule_advances_once_per_optimizer_step(tmp_path, tiny_glue, monk
     train(tmp_path, tiny_glue, "model=tiny-bert", "task=glue/rte", "method=lora", "trainer.grad_accum=2",
           "trainer.epochs=2", "trainer.warmup_ratio=0")  # fmt: skip
     assert lrs == pytest.approx([3e-3 * (1 - k / 4) for k in range(4)])  # linear decay over 4 optimizer steps
-    assert fused == [True] * 4  # loralab.run.adamw: torch's fused AdamW (tests/test_speed.py)
+    assert fused == [True] * 4  # loralab.loop.adamw: torch's fused AdamW (tests/test_speed.py)
 
 
 def test_same_seed_same_result(tmp_path, tiny_glue):

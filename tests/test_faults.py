@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 
 from loralab.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint, save_checkpoint
 from loralab.config import PROJECT_ROOT
-from loralab.run import RESULTS_FILE, run
+from loralab.records import RESULTS_FILE
+from loralab.run import run
 
 FAST = ["trainer.progress=false", "logger.mode=disabled", "trainer.batch_size=4", "trainer.lr=3e-3",
         "trainer.checkpoint_every=1", "trainer.epochs=2", "model=tiny-bert", "task=glue/rte"]  # fmt: skip
@@ -118,17 +119,17 @@ def test_killed_at_a_random_step_resumes_to_the_same_result(case, references, tm
 
 
 def test_killed_between_evaluation_and_the_epoch_checkpoint(references, tmp_path, monkeypatch):
-    import loralab.run
+    import loralab.records
 
     cfg = config(references["glue"], *CASES["lora_mini"])
-    real = loralab.run.save_adapter
+    real = loralab.records.save_adapter
 
     def save_then_die(*args, **kwargs):
         real(*args, **kwargs)
         raise Interrupted("killed after saving the best adapter")
 
     with monkeypatch.context() as m:
-        m.setattr(loralab.run, "save_adapter", save_then_die)
+        m.setattr(loralab.records, "save_adapter", save_then_die)
         with pytest.raises(Interrupted):
             run(cfg, tmp_path)
     run(cfg, tmp_path)

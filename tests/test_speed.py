@@ -17,9 +17,9 @@ from transformers.pytorch_utils import Conv1D
 from loralab import tables
 from loralab.adapters.layer import AdapterLinear, Factor
 from loralab.data.batching import LengthGroupedBatches
+from loralab.loop import adamw
 from loralab.metrics import glue_metrics
 from loralab.models import load_tokenizer
-from loralab.run import adamw
 from loralab.tasks import build_task
 
 CHAINS = {
@@ -71,7 +71,7 @@ def test_forward_is_base_plus_the_exact_update_with_the_same_gradients(chain, co
 
 
 def test_fused_adamw_takes_the_per_tensor_loops_steps():
-    # loralab.run.adamw (torch's fused kernel, every loop's optimizer) against torch's per-tensor loop: 20 steps with
+    # loralab.loop.adamw (torch's fused kernel, every loop's optimizer) against torch's per-tensor loop: 20 steps with
     # weight decay and LoRA-like shapes, the same parameters up to float rounding
     gen = torch.Generator().manual_seed(0)
     start = [torch.randn(shape, generator=gen) for shape in ((8, 96), (96, 8), (3, 5), (7,))]

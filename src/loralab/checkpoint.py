@@ -6,7 +6,8 @@ renamed, and its sidecar is written (the same way) only after that: a file witho
 read. Loading checks the hash; a damaged latest checkpoint falls back to the previous one, and with neither the
 run starts from the beginning (said in the log). A checkpoint holds only tensors and plain Python values and is
 read with ``torch.load(weights_only=True)``: a file holding anything else (a crafted pickle, even with a matching
-sidecar) is refused with an error and never executes code.
+sidecar) is refused with an error and never executes code. :class:`Checkpoints` saves and restores a run's state
+in these files.
 
 The identity of a run is its composed config without the keys that do not change what is computed (logging,
 progress bars, checkpoint cadence, where the assets live, Hydra's own settings); its hash names the default run
@@ -23,11 +24,20 @@ import os
 import pickle
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from loralab.adapters import adapter_state_dict, load_adapter_state
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from loralab.loop import Progress
+    from loralab.methods import Method
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +189,74 @@ def remove_checkpoints(directory: Path, stem: str = "checkpoint") -> None:
     for path in _paths(directory, stem):
         path.unlink(missing_ok=True)
         _sidecar(path).unlink(missing_ok=True)
+
+
+# ---- a run's checkpoints ------------------------------------------------------------------------------------------
+class Checkpoints:
+    """Saves and restores a run's state in its output directory (the files above)."""
+
+    def __init__(self, directory: Path, run_id: str, every: int | None, method: Method, accelerator: Accelerator):
+        self.directory, self.run_id, self.every, self.method = directory, run_id, every, method
+        self.accelerator = accelerator
+        self.loaded: dict[str, Any] | None = None  # the checkpoint this process resumed from
+        self.best_adapter: dict[str, torch.Tensor] | None = None  # iterated runs restart from it
+        self.wandb_id: str | None = None
+
+    def resume(self, model: nn.Module, progress: Progress) -> bool:
+        """Load the newest intact checkpoint into ``model``, the method and ``progress``; False when there is none."""
+        state = load_checkpoint(self.directory)
+        if state is None:
+            return False
+        if state["run_id"] != self.run_id:
+            raise ValueError(
+                f"{self.directory / CHECKPOINT} belongs to run {state['run_id']}, not to this config ({self.run_id}); "
+                "choose another output directory (hydra.run.dir=...)"
+            )
+        self.method.load_state_dict(state["method"])
+        self.method.on_resume(model)
+        load_adapter_state(model, state["model"], f"checkpoint {self.directory / CHECKPOINT}")
+        for key, value in state["progress"].items():
+            setattr(progress, key, value)
+        progress.resumes += 1
+        self.loaded, self.best_adapter, self.wandb_id = state, state["best_adapter"], state["wandb_id"]
+        log.info("resuming %s: phase %d, epoch %d, step %d", self.directory, progress.phase, progress.epoch,
+                 progress.step)  # fmt: skip
+        return True
+
+    def restore_loop(self, optimizer, scheduler, generator: torch.Generator) -> None:
+        """Inside a phase: the optimizer, schedule, method and data order of the checkpoint resumed from."""
+        state = self.loaded
+        if state is None or state["progress"]["phase_done"]:
+            return
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])  # after on_train_start, which starts a phase's state afresh
+        generator.set_state(state["epoch_generator"])
+
+    def restore_rng(self) -> None:
+        """The random state at the moment of the checkpoint (dropout masks, RoLoRA's new components); once."""
+        if self.loaded is not None:
+            set_rng_state(self.loaded["rng"])
+            self.loaded = None
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    def save(self, model: nn.Module, progress: Progress, optimizer, scheduler, epoch_generator: torch.Tensor) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        state = {
+            "run_id": self.run_id,
+            "progress": vars(progress),
+            "model": adapter_state_dict(self.accelerator.unwrap_model(model)),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "method": self.method.state_dict(),
+            "epoch_generator": epoch_generator,  # the data order's generator at the start of the epoch
+            "rng": rng_state(),
+            "best_adapter": self.best_adapter,
+            "wandb_id": self.wandb_id,
+        }
+        save_checkpoint(
+            self.directory, state, {"phase": progress.phase, "epoch": progress.epoch, "step": progress.step}
+        )

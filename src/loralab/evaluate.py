@@ -24,19 +24,11 @@ from torch import nn
 
 from loralab.adapters import count_parameters, load_adapter, read_adapter_metadata
 from loralab.checkpoint import sha256_file
+from loralab.loop import precision_mode
 from loralab.methods import Method
 from loralab.models import load_tokenizer
-from loralab.run import (
-    RESULTS_FILE,
-    Plan,
-    build,
-    build_seeded,
-    identify,
-    precision_mode,
-    result_record,
-    write_json_atomic,
-    write_predictions,
-)
+from loralab.records import RESULTS_FILE, identify, result_record, write_json_atomic, write_predictions
+from loralab.run import Plan, build, build_seeded
 
 log = logging.getLogger(__name__)
 ADAPTER_FILE = "adapter.safetensors"

@@ -40,7 +40,8 @@ from loralab.config import LoggerConfig, TaskConfig, TrainerConfig
 from loralab.evaluate import adapter_path, build_with_adapter
 from loralab.methods import METHODS
 from loralab.models import ModelConfig, load_tokenizer, resolve_weights
-from loralab.run import RESULTS_FILE, Plan, make_plan
+from loralab.records import RESULTS_FILE
+from loralab.run import Plan, make_plan
 
 
 def run_config(run_dir: str | Path) -> DictConfig:

@@ -18,7 +18,7 @@ Each configuration gets exactly the updates it would get alone:
   ``(1/K) sum_k loss_k``; backpropagating ``K`` times it gives config k's parameters ``grad(loss_k)``, as the
   parameter sets are disjoint. Gradients are clipped per config (its own global norm); one AdamW with one
   parameter group per config equals K optimizers (AdamW is elementwise); one schedule; the data order is
-  :func:`loralab.run.train`'s (same generator and seed).
+  :func:`loralab.loop.train`'s (same generator and seed).
 - *evaluation*: each config's own model, through the task's usual ``evaluate``; best epoch, predictions and
   ``adapter.safetensors`` as in a single run; one ``results.json`` per config in its own directory, with the
   single-run schema plus a ``fused`` entry (group size, what the timings mean).
@@ -74,26 +74,13 @@ from loralab.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from loralab.loop import adamw, lr_schedule, precision_mode, train_batches
 from loralab.methods import Method
 from loralab.models import load_tokenizer
-from loralab.run import (
-    RESULTS_FILE,
-    RUN_FILE,
-    Plan,
-    adamw,
-    build,
-    build_seeded,
-    finished_result,
-    lr_schedule,
-    make_plan,
-    precision_mode,
-    result_record,
-    save_best,
-    train_batches,
-    wandb_init,
-    write_json_atomic,
-)
+from loralab.records import RESULTS_FILE, RUN_FILE, finished_result, result_record, save_best, write_json_atomic
+from loralab.run import Plan, build, build_seeded, make_plan
 from loralab.tasks import Evaluation, TaskData
+from loralab.wandb_log import wandb_init
 
 log = logging.getLogger(__name__)
 FUSED_CHECKPOINT = "fused_checkpoint"  # a group's checkpoint (fused_checkpoint.pt), in its first config's directory
@@ -454,7 +441,7 @@ def _resume_group(members: Sequence[Member]) -> dict[str, Any] | None:
 def train_fused(
     members: Sequence[Member], fused: FusedModel, data: TaskData, tokenizer: Any, accelerator: Accelerator
 ) -> int:
-    """The training loop of :func:`loralab.run.train` for K configs at once (one phase, no method hooks), with its
+    """The training loop of :func:`loralab.loop.train` for K configs at once (one phase, no method hooks), with its
     checkpoints: every ``trainer.checkpoint_every`` optimizer steps and after every epoch, resumed from when the
     group is run again. Returns how many times it resumed (0 or 1)."""
     plan = members[0].plan

@@ -106,7 +106,7 @@ class FusedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from loralab.checkpoint import run_id  # imported here: Hydra imports every plugin module at start-up
         from loralab.fused import group_configs
-        from loralab.run import finished_result
+        from loralab.records import finished_result
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
