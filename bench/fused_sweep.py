@@ -211,10 +211,11 @@ def main() -> None:
         "alternating which went first, every repeat recorded: the ratios fused / separate are taken per repeat "
         "(the two sides of a repeat ran back to back) and given as median [min, max] over the repeats; the table's "
         "times are each config's (group's) median over the repeats.",
-        f"Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores"
+        f"Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores "
+        f"(this process's own {torch.get_num_threads()} threads count in it)"
         + (
             " -- other jobs shared the cores, so timings are contended."
-            if max(load_before[0], load_after[0]) > 1.5
+            if load_before[0] > 1.0 or load_after[0] > torch.get_num_threads() + 1.0
             else "."
         ),  # fmt: skip
         "",

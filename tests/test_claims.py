@@ -248,7 +248,7 @@ def test_claims_logged_to_wandb_as_a_table(tmp_path, tiny_glue, monkeypatch):
 def test_every_committed_claims_file_loads_and_resolves(path):
     spec = claims.load_claims(path)
     resolved = claims.resolve(spec, "offline", PROJECT_ROOT / "results")
-    assert set(resolved) == set(spec.runs) and len(spec.claims) >= 3
+    assert set(resolved) == {n for ref in spec.runs.values() for n in claims.candidates(ref)} and len(spec.claims) >= 3
     for claim in spec.claims:  # every difference has the paper's own value beside ours
         for comp in claim.compare if claim.statistic == "difference" else ():
             assert claims.paper_value(spec, claim, comp, resolved)[0] is not None, (claim.id, comp)
@@ -330,3 +330,37 @@ def test_each_comparison_verdict_shown_and_measurements_have_no_baseline(tmp_pat
     rank_section = md[md.index("## rank:") :]
     assert "no trivial baseline (a measurement, not a score" in rank_section
     assert "NOT clearly above" not in rank_section
+
+
+def test_a_run_with_alternative_cells_uses_the_one_with_the_higher_mean(tmp_path, tiny_glue):
+    # the paper's "tried two learning rates per method, kept the better one": mini at another rate (row mini_low)
+    table = json.loads(json.dumps(TABLE))
+    table["rows"].append({"id": "mini_low", "overrides": ["method=lora_mini", "method.r=2", "method.a=4", "method.b=4"],
+                          "offline": ["trainer.lr=1e-4"]})  # fmt: skip
+    spec = json.loads(json.dumps(CLAIMS))
+    spec["runs"]["mini"] = {"cell": "tab1/mini/rte", "alternatives": ["tab1/mini_low/rte"]}
+    path = write(tmp_path, spec, table)
+    task = task_config(tiny_glue)
+    for seed in (1, 2, 3):
+        put(tmp_path, "lora", seed, 0.80, task)
+        put(tmp_path, "mini", seed, 0.70 + 0.01 * seed, task)
+    for seed in (1, 2):
+        put(tmp_path, "mini_low", seed, 0.80 + 0.01 * seed, task)
+    loaded = claims.load_claims(path)
+    # until the alternative has min_seeds seeds the run's own cell is used, and the report says so
+    md = claims.build_claims(path, run=False, results_root=tmp_path, wandb_mode=None).read_text()
+    assert "Run `mini` = tab1/mini/rte (chosen: its own cell until every alternative has 3 seeds" in md
+    assert "| close | does not hold | mini vs lora | 3 |" in md
+    put(tmp_path, "mini_low", 3, 0.83, task)
+    resolved = claims.resolve(loaded, "offline", tmp_path)
+    assert set(resolved) == {"lora", "mini", "mini@tab1/mini_low/rte"}  # an alternative is planned (and trained)
+    found = claims.gather(loaded, resolved, "offline")
+    choices = claims.choose(loaded, resolved, found)
+    assert set(resolved) == {"lora", "mini"} and resolved["mini"].ref.cell == "tab1/mini_low/rte"
+    assert "tab1/mini/rte: mean 72.00; tab1/mini_low/rte: mean 82.00" in choices["mini"]
+    md = claims.build_claims(path, run=False, results_root=tmp_path, wandb_mode=None).read_text()
+    assert "Run `mini` = tab1/mini_low/rte (chosen: the better of its cells" in md
+    assert "| close | holds | mini vs lora | 3 | mean paired difference a - b | +2.00 |" in md
+    spec["runs"]["mini"]["alternatives"] = ["tab1/nope/rte"]
+    with pytest.raises(ValueError, match="has no row 'nope'"):
+        claims.load_claims(write(tmp_path, spec, table))

@@ -70,6 +70,9 @@ class RunRef:
     paper_backbone: list[str] | None = None  # overrides building it on the paper's backbone (default: the cell's
     # paper profile)
     metric: str | None = None  # a metric of the same runs other than the column's (e.g. a method_metrics entry)
+    # other cells standing for the same run at another setting (the paper tried two learning rates per method and
+    # kept the better one): the claims use the cell with the highest mean score over the seeds (see choose)
+    alternatives: list[str] | None = None
 
     @property
     def parts(self) -> tuple[str, str, str]:
@@ -150,7 +153,8 @@ def load_claims(path: str | Path) -> ClaimsSpec:
         value = {"cell": value} if isinstance(value, str) else value
         _fields(RunRef, {**value, "name": name}, f"{path}: run {name}")
         runs[name] = RunRef(name=name, **value)
-        check_cell(path, runs[name])
+        for cell in [runs[name].cell, *(runs[name].alternatives or [])]:
+            check_cell(path, dataclasses.replace(runs[name], cell=cell))
     claims = []
     for i, c in enumerate(raw.pop("claims", None) or []):
         where = f"{path}: claim {c.get('id', i)}"
@@ -225,10 +229,20 @@ class Resolved:
         return self.ref.metric or self.column.metric
 
 
+def candidates(ref: RunRef) -> dict[str, RunRef]:
+    """A run's cell and its alternatives, each as a run of its own: ``name`` for the cell, ``name@cell`` for an
+    alternative (resolved, trained and gathered like any run until :func:`choose` keeps one)."""
+    alternatives = {
+        f"{ref.name}@{c}": dataclasses.replace(ref, cell=c, alternatives=None) for c in ref.alternatives or []
+    }
+    return {ref.name: ref, **alternatives}
+
+
 def resolve(spec: ClaimsSpec, profile: str, results_root: Path) -> dict[str, Resolved]:
-    """Each run of the claims as planned by its table (following ``runs_of`` to the table that trains it)."""
+    """Each run of the claims (and each alternative cell of a run, :func:`candidates`) as planned by its table
+    (following ``runs_of`` to the table that trains it)."""
     out = {}
-    for name, ref in spec.runs.items():
+    for name, ref in ((n, r) for run in spec.runs.values() for n, r in candidates(run).items()):
         table, row, column = ref.parts
         cell_spec = tables.load_spec(spec.path.parent / f"{table}.yaml")
         col = next(c for c in cell_spec.columns if c.id == column)
@@ -275,6 +289,39 @@ def gather(spec: ClaimsSpec, resolved: dict[str, Resolved], profile: str) -> dic
             del found[seed]
         out[name] = found
     return out
+
+
+def choose(spec: ClaimsSpec, resolved: dict[str, Resolved], found: dict[str, dict[int, dict]]) -> dict[str, str]:
+    """Keep one cell per run with alternatives, in place: the one with the highest mean of its metric over the
+    seeds (a score, higher is better; the paper's 'kept the better one', chosen here on the reported split, as a
+    paper without a separate validation split does); the run's own cell until every candidate has ``min_seeds``
+    seeds. Returns per such run what was chosen, for the report."""
+    choices = {}
+    for ref in spec.runs.values():
+        names = list(candidates(ref))
+        if len(names) == 1:
+            continue
+        means = {}
+        for name in names:
+            res = resolved[name]
+            values = [tables.metric_value(r, res.metric, res.scale) for r in found.get(name, {}).values()]
+            means[name] = sum(values) / len(values) if len(values) >= spec.min_seeds else None
+        ready = all(m is not None for m in means.values())
+        best = max(names, key=lambda n: means[n]) if ready else ref.name
+        tried = "; ".join(
+            f"{resolved[n].ref.cell}: {'fewer than min_seeds seeds' if means[n] is None else f'mean {means[n]:.2f}'}"
+            for n in names
+        )
+        choices[ref.name] = (
+            f"the better of its cells ({tried}), the highest mean over seeds"
+            if ready
+            else f"its own cell until every alternative has {spec.min_seeds} seeds ({tried})"
+        )
+        resolved[ref.name], found[ref.name] = resolved[best], found.get(best, {})
+        for name in names[1:]:
+            del resolved[name]
+            found.pop(name, None)
+    return choices
 
 
 def paper_backbone_counts(spec: ClaimsSpec, resolved: dict[str, Resolved], names: set[str]) -> dict[str, int]:
@@ -553,8 +600,12 @@ def claim_rows(results: list[ClaimResult], digits: int = 2) -> list[list[str]]:
     return rows
 
 
-def render(spec: ClaimsSpec, profile: str, results: list[ClaimResult]) -> tuple[str, str]:
-    """The Markdown and CSV text of a paper's claims."""
+def render(
+    spec: ClaimsSpec, profile: str, results: list[ClaimResult], choices: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """The Markdown and CSV text of a paper's claims; ``choices``: which cell a run with alternatives uses
+    (:func:`choose`)."""
+    choices = choices or {}
     pct = f"{spec.confidence:.0%}"
     md = [
         f"# {spec.title}",
@@ -596,7 +647,8 @@ def render(spec: ClaimsSpec, profile: str, results: list[ClaimResult]) -> tuple[
             else:
                 base = f"trivial baseline {_f(s.baseline)} ({s.baseline_what}): {above}"
             values = ", ".join(f"{v:.2f}" for v in s.values.values()) or "none"
-            md.append(f"- Run `{s.name}` = {s.cell}: seeds {list(s.values)}: {values}{mean}; {base}.")
+            chosen = f" (chosen: {choices[s.name]})" if s.name in choices else ""
+            md.append(f"- Run `{s.name}` = {s.cell}{chosen}: seeds {list(s.values)}: {values}{mean}; {base}.")
         for comp in cr.comparisons:
             if comp.paper_note:
                 md.append(f"- Paper's value for {comp.a} vs {comp.b}: {_f(comp.paper, 3)} ({comp.paper_note}).")
@@ -663,9 +715,10 @@ def build_claims(
         execute(spec, profile, root, jobs)
     resolved = resolve(spec, profile, root)
     found = gather(spec, resolved, profile)
+    choices = choose(spec, resolved, found)
     names = {n for c in spec.claims if c.statistic == "params_ratio" for comp in c.compare for n in (comp.a, comp.b)}
     results = evaluate(spec, resolved, found, paper_backbone_counts(spec, resolved, names))
-    md, text = render(spec, profile, results)
+    md, text = render(spec, profile, results, choices)
     out = root / "claims"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{spec.paper}.md").write_text(md)
