@@ -359,7 +359,7 @@ def test_a_run_with_alternative_cells_uses_the_one_with_the_higher_mean(tmp_path
     assert set(resolved) == {"lora", "mini"} and resolved["mini"].ref.cell == "tab1/mini_low/rte"
     assert "tab1/mini/rte: mean 72.00; tab1/mini_low/rte: mean 82.00" in choices["mini"]
     md = claims.build_claims(path, run=False, results_root=tmp_path, wandb_mode=None).read_text()
-    assert "Run `mini` = tab1/mini_low/rte (chosen: the better of its cells" in md
+    assert "Run `mini` = tab1/mini_low/rte (chosen: the best of its cells" in md
     assert "| close | holds | mini vs lora | 3 | mean paired difference a - b | +2.00 |" in md
     spec["runs"]["mini"]["alternatives"] = ["tab1/nope/rte"]
     with pytest.raises(ValueError, match="has no row 'nope'"):

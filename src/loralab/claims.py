@@ -313,7 +313,7 @@ def choose(spec: ClaimsSpec, resolved: dict[str, Resolved], found: dict[str, dic
             for n in names
         )
         choices[ref.name] = (
-            f"the better of its cells ({tried}), the highest mean over seeds"
+            f"the best of its cells ({tried}): the highest mean over seeds"
             if ready
             else f"its own cell until every alternative has {spec.min_seeds} seeds ({tried})"
         )
