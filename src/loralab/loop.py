@@ -59,10 +59,9 @@ def train_batches(plan: Plan, data: TaskData, tokenizer) -> tuple[DataLoader, to
 
 def adamw(params: list, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
     """The optimizer of every loop (and of bench/peft_compare.py's steps, for every library): AdamW over ``params``
-    (tensors or parameter groups) with torch's fused kernel,
-    one kernel over all tensors instead of a loop over them. The same update as the per-tensor loop up to float
-    rounding (``tests/test_training.py``), ~5x faster on 146 LoRA tensors on a CPU, one point of the step's overhead
-    over the frozen backbone (``results/bench/peft_compare_cpu.md``)."""
+    (tensors or parameter groups) with torch's fused kernel, one kernel over all tensors instead of a loop over them.
+    The same update as the per-tensor loop up to float rounding (``tests/test_speed.py``); its share of a LoRA step
+    is in ``results/bench/peft_compare_cpu.md`` (the overhead's breakdown)."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
